@@ -1,0 +1,209 @@
+"""Checkpoint folders: write them atomically, read them back with validation.
+
+A checkpoint is a folder:
+    model.safetensors   float32 W_xh (V,H), W_hh (H,H), b_h (H), W_hq (H,V), b_q (V)
+    vocab.json          idx_to_token, `<unk>` at index 0
+    config.json         vocab_size, num_hiddens, normalization, training metadata
+    README.md           the model card
+plus whatever else training adds (a perplexity plot, resume state).
+
+Only safetensors are read (never pickle), and shapes and sizes are checked from the
+file header before any tensor is allocated.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .data import NORMALIZATIONS, Vocab
+from .model import PARAM_NAMES, RNNModelScratch, param_shapes
+
+WEIGHTS_NAME, VOCAB_NAME, CONFIG_NAME, CARD_NAME = (
+    "model.safetensors", "vocab.json", "config.json", "README.md")
+MODEL_FILES = (WEIGHTS_NAME, VOCAB_NAME, CONFIG_NAME)
+FORMAT = "d2l-char-rnn-scratch"
+
+# Sanity limits, checked before allocating: a hostile or mistaken config must not take the
+# machine's memory. 8192 hidden units and a 65,536-token vocabulary are far beyond §8.5.
+MAX_NUM_HIDDENS = 8192
+MAX_VOCAB_SIZE = 65536
+MAX_PARAMETERS = 100_000_000
+MAX_JSON_BYTES = 16 << 20
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded; the message names the file and the problem."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (eval mode), its vocabulary and its config, and where
+    it came from (`source`: a folder or a Hub repo id; `commit`: the Hub commit sha, if any)."""
+    net: RNNModelScratch
+    vocab: Vocab
+    config: dict
+    source: str = ""
+    commit: str | None = None
+
+    @property
+    def normalization(self) -> str:
+        return self.config["normalization"]
+
+
+def save_checkpoint(out_dir: str | os.PathLike, weights: dict[str, torch.Tensor], vocab: Vocab,
+                    config: dict, files: dict[str, bytes] | None = None) -> Path:
+    """Write a checkpoint folder atomically: the five `weights`, the vocabulary, the config
+    and any extra `files` (name → bytes: the card, a plot, resume state).
+
+    Everything is written into a fresh sibling folder first; then the old folder (if any)
+    is renamed aside and the new one renamed into place. A crash while writing leaves the
+    previous checkpoint untouched; `recover_checkpoint` puts it back if a crash fell
+    between the two renames.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"--out {out} is a file, not a folder; choose another path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    recover_checkpoint(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tensors = {name: weights[name].detach().to("cpu", torch.float32).contiguous()
+                   for name in PARAM_NAMES}
+        save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+        _write_json(tmp / VOCAB_NAME, vocab.idx_to_token)
+        _write_json(tmp / CONFIG_NAME, {"format": FORMAT, "vocab_size": len(vocab),
+                                        "num_hiddens": tensors["W_hh"].shape[0], **config})
+        for name, data in (files or {}).items():
+            (tmp / name).write_bytes(data)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = _previous(out)
+        if out.exists():
+            os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _previous(out: Path) -> Path:
+    return out.with_name(f".{out.name}.previous")
+
+
+def recover_checkpoint(out: str | os.PathLike) -> None:
+    """Undo a save interrupted between its two renames (the old folder is set aside)."""
+    out = Path(out)
+    old = _previous(out)
+    if old.is_dir() and not out.exists():
+        os.rename(old, out)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _read_json(path: Path):
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; a checkpoint folder needs {', '.join(MODEL_FILES)}")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise CheckpointError(f"{path} is larger than {MAX_JSON_BYTES >> 20} MB; not a checkpoint file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    """Read and check `config.json`: sizes within the sanity limits, a known normalisation."""
+    path = Path(folder) / CONFIG_NAME
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    V, H = config.get("vocab_size"), config.get("num_hiddens")
+    for key, value, limit in (("vocab_size", V, MAX_VOCAB_SIZE), ("num_hiddens", H, MAX_NUM_HIDDENS)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+            raise CheckpointError(f"{path}: {key} must be an integer from 1 to {limit}, got {value!r}")
+    if V * H * 2 + H * H > MAX_PARAMETERS:
+        raise CheckpointError(f"{path}: vocab_size {V} and num_hiddens {H} make more than "
+                              f"{MAX_PARAMETERS:,} parameters; refusing to allocate")
+    if config.get("normalization") not in NORMALIZATIONS:
+        raise CheckpointError(f"{path}: normalization must be one of {NORMALIZATIONS}, "
+                              f"got {config.get('normalization')!r}")
+    return config
+
+
+def read_vocab(folder: str | os.PathLike, vocab_size: int) -> Vocab:
+    """Read `vocab.json` and check it is a list of `vocab_size` distinct strings, `<unk>` first."""
+    path = Path(folder) / VOCAB_NAME
+    tokens = _read_json(path)
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise CheckpointError(f"{path} must hold a JSON list of token strings")
+    if len(tokens) != vocab_size:
+        raise CheckpointError(f"{path} has {len(tokens)} tokens but config.json says "
+                              f"vocab_size {vocab_size}; the files do not belong together")
+    if not tokens or tokens[0] != "<unk>" or len(set(tokens)) != len(tokens):
+        raise CheckpointError(f"{path} must start with '<unk>' and hold distinct tokens")
+    return Vocab(idx_to_token=tokens)
+
+
+def read_weights(folder: str | os.PathLike, vocab_size: int, num_hiddens: int
+                 ) -> dict[str, torch.Tensor]:
+    """Read the five float32 tensors, checking names, dtypes and shapes from the header first."""
+    path = Path(folder) / WEIGHTS_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; a checkpoint folder needs {', '.join(MODEL_FILES)}")
+    expected = param_shapes(vocab_size, num_hiddens)
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            names = set(f.keys())
+            if names != set(PARAM_NAMES):
+                raise CheckpointError(f"{path} holds tensors {sorted(names)}; expected exactly "
+                                      f"{list(PARAM_NAMES)}")
+            for name in PARAM_NAMES:
+                sl = f.get_slice(name)
+                shape, dtype = tuple(sl.get_shape()), sl.get_dtype()
+                if dtype != "F32":
+                    raise CheckpointError(f"{path}: {name} is {dtype}, expected float32 (F32)")
+                if shape != expected[name]:
+                    raise CheckpointError(f"{path}: {name} has shape {shape}, expected "
+                                          f"{expected[name]} for vocab_size {vocab_size} and "
+                                          f"num_hiddens {num_hiddens}")
+            return {name: f.get_tensor(name) for name in PARAM_NAMES}
+    except SafetensorError as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file ({e}); "
+                              "it may be truncated or corrupt — download or train it again") from None
+    except (OSError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{path} could not be read ({e})") from None
+
+
+def load_checkpoint(folder: str | os.PathLike, device: torch.device | str = "cpu") -> Checkpoint:
+    """Load and validate a checkpoint folder; a GPU-trained checkpoint loads on the CPU."""
+    folder = Path(folder)
+    recover_checkpoint(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    config = read_config(folder)
+    V, H = config["vocab_size"], config["num_hiddens"]
+    vocab = read_vocab(folder, V)
+    tensors = read_weights(folder, V, H)
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"{folder / WEIGHTS_NAME}: {name} holds NaN or infinite values")
+    with torch.device("meta"):
+        net = RNNModelScratch(V, H)
+    net.load_state_dict(tensors, assign=True)
+    net.to(device).eval().requires_grad_(False)
+    return Checkpoint(net, vocab, config, source=str(folder))

@@ -1,0 +1,118 @@
+"""Prediction: the book's greedy `predict_ch8`, and a fast streaming generator with sampling.
+
+`Generator` carries one hidden state across calls (the chat app's conversation) and
+produces one character per step. Its greedy path reproduces `predict_ch8` exactly: the
+same operations in the same order, with the one-hot product replaced by the row of W_xh it
+selects (exact: the other terms are zeros).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from .data import Vocab, normalize_prompt
+from .model import RNNModelScratch
+
+
+def predict_ch8(prefix: str, num_preds: int, net: RNNModelScratch, vocab: Vocab,
+                device: torch.device | str) -> str:
+    """Generate new characters following the `prefix` (the book's function, unchanged)."""
+    state = net.begin_state(batch_size=1, device=device)
+    outputs = [vocab[prefix[0]]]
+
+    def get_input():
+        return torch.tensor([outputs[-1]], device=device).reshape((1, 1))
+
+    for y in prefix[1:]:  # Warm-up period
+        _, state = net(get_input(), state)
+        outputs.append(vocab[y])
+    for _ in range(num_preds):  # Predict `num_preds` steps
+        y, state = net(get_input(), state)
+        outputs.append(int(y.argmax(dim=1).reshape(1)))
+    return "".join([vocab.idx_to_token[i] for i in outputs])
+
+
+class Generator:
+    """One stream of text through the RNN: `feed` text, then `sample` characters.
+
+    The hidden state after `feed(a)`, `feed(b)` equals the state after `feed(a + b)`:
+    it has read exactly the characters given, in order. `last` is the token id waiting to be
+    read next (the book feeds a character only when the next one is asked for).
+    """
+
+    def __init__(self, net: RNNModelScratch, vocab: Vocab, normalization: str = "book"):
+        self.net, self.vocab, self.normalization = net, vocab, normalization
+        p = {name: t.detach() for name, t in net.named_parameters()}
+        self.W_xh, self.W_hh, self.b_h, self.W_hq, self.b_q = (
+            p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"])
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything read: zero state, nothing pending."""
+        self.H = torch.zeros((1, self.net.num_hiddens), device=self.W_hh.device)
+        self.last: int | None = None
+
+    def snapshot(self) -> tuple[torch.Tensor, int | None]:
+        """A copy of the stream position, for rewinding (undo, retry, stop)."""
+        return self.H.clone(), self.last
+
+    def restore(self, snap: tuple[torch.Tensor, int | None]) -> None:
+        self.H, self.last = snap[0].clone(), snap[1]
+
+    @torch.inference_mode()
+    def _step(self, idx: int) -> torch.Tensor:
+        """Read token `idx`; return the logits for the next one. Same op order as `rnn`."""
+        H = torch.mm(self.H, self.W_hh)
+        H = torch.tanh(self.W_xh[idx] + H + self.b_h)  # == mm(onehot, W_xh) + mm(H, W_hh) + b_h
+        self.H = H
+        return torch.mm(H, self.W_hq) + self.b_q
+
+    def feed(self, text: str) -> str:
+        """Normalise `text` as the training text was and read it; returns what was read."""
+        text = normalize_prompt(text, self.normalization)
+        for ch in text:
+            if self.last is not None:
+                self._step(self.last)
+            self.last = self.vocab[ch]
+        return text
+
+    def generate(self, num_preds: int, temperature: float = 0.0, top_k: int = 0,
+                 rng: torch.Generator | None = None) -> Iterator[str]:
+        """Yield `num_preds` characters, each read into the state before the next is drawn.
+
+        temperature 0 is greedy (the book's argmax); otherwise softmax(logits / temperature),
+        restricted to the `top_k` most likely tokens when top_k > 0.
+        """
+        if self.last is None:
+            raise ValueError("feed some text before generating; the model needs a first character")
+        for _ in range(num_preds):
+            logits = self._step(self.last)[0]
+            self.last = pick(logits, temperature, top_k, rng)
+            yield self.vocab.idx_to_token[self.last]
+
+
+def pick(logits: torch.Tensor, temperature: float, top_k: int,
+         rng: torch.Generator | None = None) -> int:
+    """Choose the next token id from 1-D logits: argmax, or a (top-k) temperature sample."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    if 0 < top_k < logits.numel():
+        values, indices = torch.topk(logits, top_k)
+        probs = torch.softmax(values / temperature, dim=0)
+        return int(indices[torch.multinomial(probs, 1, generator=rng)])
+    probs = torch.softmax(logits / temperature, dim=0)
+    return int(torch.multinomial(probs, 1, generator=rng))
+
+
+def generate_text(net: RNNModelScratch, vocab: Vocab, prefix: str, num_preds: int,
+                  normalization: str = "book", temperature: float = 0.0, top_k: int = 0,
+                  seed: int | None = None) -> str:
+    """Prefix (normalised) plus `num_preds` generated characters; greedy equals `predict_ch8`."""
+    gen = Generator(net, vocab, normalization)
+    prefix = gen.feed(prefix)
+    if not prefix:
+        raise ValueError("the prefix is empty after normalisation; give at least one character "
+                         "the model knows")
+    rng = torch.Generator(device=gen.W_hh.device).manual_seed(seed) if seed is not None else None
+    return prefix + "".join(gen.generate(num_preds, temperature, top_k, rng))

@@ -1,0 +1,145 @@
+"""Training as in §8.5: BPTT over a minibatch, state detach, gradient clipping, perplexity."""
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .data import Vocab
+from .generation import predict_ch8
+from .model import RNNModelScratch
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the weights of that epoch are not to be kept."""
+
+
+def grad_clipping(net: nn.Module, theta: float) -> None:
+    """The book's clipping: one global L2 norm over all gradients, scaled down to `theta`."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    norm = torch.sqrt(sum(torch.sum((p.grad ** 2)) for p in params))
+    if norm > theta:
+        for param in params:
+            param.grad[:] *= theta / norm
+
+
+def sgd(params: Sequence[torch.Tensor], lr: float, batch_size: int) -> None:
+    """The book's minibatch SGD (called with batch_size=1, as the loss is already a mean)."""
+    with torch.no_grad():
+        for param in params:
+            param -= lr * param.grad / batch_size
+            param.grad.zero_()
+
+
+def make_updater(net: RNNModelScratch, optimizer: str, lr: float):
+    """`sgd`: the book's updater (a function of batch_size); `adam`: torch.optim.Adam."""
+    if optimizer == "sgd":
+        return functools.partial(sgd, net.params, lr)
+    if optimizer == "adam":
+        return torch.optim.Adam(net.parameters(), lr=lr)
+    raise ValueError(f"unknown optimizer {optimizer!r}; use one of {OPTIMIZERS}")
+
+
+def train_epoch_ch8(net: RNNModelScratch, train_iter: Iterable, loss: nn.Module, updater,
+                    device: torch.device | str, use_random_iter: bool) -> tuple[float, float]:
+    """One epoch, exactly the book's loop; returns (perplexity, tokens/sec)."""
+    state, start = None, time.perf_counter()
+    loss_sum, num_tokens = 0.0, 0
+    for X, Y in train_iter:
+        if state is None or use_random_iter:
+            # First minibatch, or random sampling: the state starts from zeros.
+            state = net.begin_state(batch_size=X.shape[0], device=device)
+        else:
+            # Sequential partitioning: carry the state, but cut the graph (in place).
+            for s in state:
+                s.detach_()
+        y = Y.T.reshape(-1)  # time-major labels, matching the time-major outputs
+        X, y = X.to(device), y.to(device)
+        y_hat, state = net(X, state)
+        l = loss(y_hat, y.long()).mean()
+        if isinstance(updater, torch.optim.Optimizer):
+            updater.zero_grad()
+            l.backward()
+            grad_clipping(net, 1)
+            updater.step()
+        else:
+            l.backward()
+            grad_clipping(net, 1)
+            updater(batch_size=1)
+        loss_sum += float(l.detach()) * y.numel()
+        num_tokens += y.numel()
+    return math.exp(loss_sum / num_tokens), num_tokens / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def evaluate_perplexity(net: RNNModelScratch, corpus: Sequence[int], batch_size: int,
+                        num_steps: int, device: torch.device | str) -> float:
+    """Perplexity on held-out text: contiguous rows read in windows, state carried.
+
+    Deterministic (offset 0, no random draws), so validating never changes the training run.
+    """
+    rows = max(1, min(batch_size, (len(corpus) - 1) // num_steps))
+    n = (len(corpus) - 1) // rows * rows
+    Xs = torch.tensor(corpus[:n], device=device).reshape(rows, -1)
+    Ys = torch.tensor(corpus[1:n + 1], device=device).reshape(rows, -1)
+    state, loss_sum = net.begin_state(rows, device), 0.0
+    for i in range(0, Xs.shape[1], num_steps):
+        y_hat, state = net(Xs[:, i:i + num_steps], state)
+        y = Ys[:, i:i + num_steps].T.reshape(-1)
+        loss_sum += float(nn.functional.cross_entropy(y_hat, y, reduction="sum"))
+    return math.exp(loss_sum / Ys.numel())
+
+
+@dataclass
+class EpochResult:
+    """What one epoch measured (1-based epoch number)."""
+    epoch: int
+    ppl: float
+    speed: float
+    val_ppl: float | None = None
+
+
+def train_ch8(net: RNNModelScratch, train_iter: Iterable, vocab: Vocab, lr: float,
+              num_epochs: int, device: torch.device | str, use_random_iter: bool = False, *,
+              updater=None, start_epoch: int = 0, val_corpus: Sequence[int] | None = None,
+              batch_size: int = 32, num_steps: int = 35,
+              on_epoch: Callable[[EpochResult], None] | None = None,
+              log: Callable[[str], None] = print) -> list[EpochResult]:
+    """The book's `train_ch8`, plus optional validation, resume (`start_epoch`, `updater`)
+    and a per-epoch callback. Prints what the book prints through `log`.
+
+    Raises NonFiniteLossError when an epoch's loss is NaN or infinite.
+    """
+    loss = nn.CrossEntropyLoss()
+    updater = make_updater(net, "sgd", lr) if updater is None else updater
+
+    def predict(prefix):
+        return predict_ch8(prefix, 50, net, vocab, device)
+
+    history = []
+    for epoch in range(start_epoch, num_epochs):
+        ppl, speed = train_epoch_ch8(net, train_iter, loss, updater, device, use_random_iter)
+        if not math.isfinite(ppl):
+            raise NonFiniteLossError(f"the loss became NaN or infinite in epoch {epoch + 1}; "
+                                     "try a smaller --lr")
+        val_ppl = (evaluate_perplexity(net, val_corpus, batch_size, num_steps, device)
+                   if val_corpus else None)
+        result = EpochResult(epoch + 1, ppl, speed, val_ppl)
+        history.append(result)
+        if (epoch + 1) % 10 == 0:
+            log(predict("time traveller"))
+        if on_epoch is not None:
+            on_epoch(result)
+    if history:
+        ppl, speed = history[-1].ppl, history[-1].speed
+        log(f"perplexity {ppl:.1f}, {speed:.1f} tokens/sec on {str(device)}")
+    log(predict("time traveller"))
+    log(predict("traveller"))
+    return history

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install everything the tests need, then run the whole suite: bash tests/run.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q -r requirements.txt -r requirements-test.txt
+if ! command -v chromium >/dev/null; then  # the browser tests drive Debian's chromium
+  apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }
+fi
+python -m pytest "$@"
