@@ -1,0 +1,317 @@
+"""The conversation logic behind the app (rnn_core/chat.py), without a server.
+
+The carried-state contract, stop/undo/new chat, refusals with their reasons, the rule for
+which models a visitor may load, and property tests on arbitrary text and settings.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from rnn_core.chat import (MAX_LENGTH, MAX_MESSAGE_CHARS, ChatError, ChatSession, ModelCache,
+                           Pace, Settings, check_message, check_settings, join_separator,
+                           resolve_model_ref, stream_reply)
+from rnn_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from rnn_core.data import load_corpus, normalize_prompt
+from rnn_core.generation import predict_ch8
+from rnn_core.model import RNNModelScratch
+
+FAST = Pace(chars_per_second=1e9, min_interval=0.0, max_interval=0.0)
+GREEDY = Settings(length=40, temperature=0.0, top_k=0)
+ODD_TEXT = ("Time\x00Traveller\x07 \u202eRTL \u05e9\u05dc\u05d5\u05dd e\u0301 \U0001F600 "
+            "<b>bold</b><script>alert(1)</script> \t\n\r\x1b[31m")
+
+
+def memory_checkpoint(text: str, normalization: str, num_hiddens: int = 24,
+                      seed: int = 0) -> Checkpoint:
+    """A model with random (but not flat) weights and the vocabulary of `text`: enough to
+    exercise the chat on any vocabulary without training."""
+    torch.manual_seed(seed)
+    _, vocab = load_corpus(text, normalization)
+    net = RNNModelScratch(len(vocab), num_hiddens)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(60)
+    config = {"vocab_size": len(vocab), "num_hiddens": num_hiddens, "normalization": normalization}
+    return Checkpoint(net.eval().requires_grad_(False), vocab, config, source="memory")
+
+
+BOOK_TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding; "
+             "the quick brown fox jumps over the lazy dog")
+RAW_TEXT = BOOK_TEXT + " 12,3! <b>&amp;</b> \n" + "é ü שלום 😀"
+BOOK = memory_checkpoint(BOOK_TEXT, "book")
+RAW = memory_checkpoint(RAW_TEXT, "raw")
+
+
+async def _collect(session: ChatSession, message: str, s: Settings = GREEDY,
+                   stop_after: int | None = None) -> list[str]:
+    """The partial replies of one turn; `stop_after` closes the stream after that many."""
+    parts = []
+    stream = stream_reply(session, message, s, FAST)
+    async for part in stream:
+        parts.append(part)
+        if stop_after is not None and len(parts) >= stop_after:
+            await stream.aclose()
+            break
+    return parts
+
+
+def turn(session: ChatSession, message: str, s: Settings = GREEDY, **kw) -> str:
+    parts = asyncio.run(_collect(session, message, s, **kw))
+    return parts[-1]
+
+
+def greedy_continuation(ckpt: Checkpoint, text: str, n: int) -> str:
+    """The book's predict_ch8 on the whole text, minus the text."""
+    return predict_ch8(text, n, ckpt.net, ckpt.vocab, "cpu")[len(text):]
+
+
+# ---------------------------------------------------------------- the carried-state contract
+
+def test_joining_rule():
+    assert join_separator("", "time") == ""
+    assert join_separator("the time", "machine") == " "
+    assert join_separator("the time ", "machine") == ""
+    assert join_separator("the time", " machine") == ""
+
+
+def test_three_turns_are_one_greedy_text(tiny_checkpoint):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    session = ChatSession(ckpt)
+    m1 = "The Time Traveller!"
+    first = turn(session, m1, Settings(50, 0.0, 0))
+    m1n = normalize_prompt(m1, "book")
+    assert first == greedy_continuation(ckpt, m1n, 50)   # predict_ch8(M', N)
+    transcript = m1n + first
+    for message, n in (("said the   psychologist", 30), ("  and he", 25)):
+        reply = turn(session, message, Settings(n, 0.0, 0))
+        m = normalize_prompt(message, "book")
+        joined = transcript + join_separator(transcript, m) + m
+        assert reply == greedy_continuation(ckpt, joined, n)
+        transcript = joined + reply
+    assert session.transcript == transcript
+
+
+def test_partials_grow_and_end_whole():
+    session = ChatSession(BOOK)
+    slow = Pace(chars_per_second=400, min_interval=0.01, max_interval=0.01)
+    parts = asyncio.run(_stream_all(session, "time", Settings(30, 0.0, 0), slow))
+    assert len(parts) >= 3
+    assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(parts, parts[1:]))
+    assert len(parts[-1]) == 30
+
+
+async def _stream_all(session, message, s, pace):
+    return [p async for p in stream_reply(session, message, s, pace)]
+
+
+def test_stop_keeps_state_equal_to_what_was_shown():
+    session = ChatSession(BOOK)
+    slow = Pace(chars_per_second=200, min_interval=0.01, max_interval=0.01)
+
+    async def stopped():
+        stream, shown = stream_reply(session, "time", Settings(500, 0.0, 0), slow), []
+        async for part in stream:
+            shown.append(part)
+            if len(shown) == 3:
+                break
+        await stream.aclose()     # what Stop does to the handler
+        return shown[-1]
+
+    shown = asyncio.run(stopped())
+    assert 0 < len(shown) < 500 and session.transcript == "time" + shown
+    reply = turn(session, "machine")
+    transcript = "time" + shown
+    joined = transcript + join_separator(transcript, "machine") + "machine"
+    assert reply == greedy_continuation(BOOK, joined, GREEDY.length)
+
+
+def test_a_new_message_while_streaming_stops_the_old_reply():
+    session = ChatSession(BOOK)
+    slow = Pace(chars_per_second=100, min_interval=0.01, max_interval=0.01)
+
+    async def overlap():
+        old = stream_reply(session, "time", Settings(500, 0.0, 0), slow)
+        first = await old.__anext__()
+        new_parts = [p async for p in stream_reply(session, "machine", GREEDY, FAST)]
+        rest = [p async for p in old]     # the old stream ends without growing
+        return first, rest, new_parts[-1]
+
+    first, rest, new = asyncio.run(overlap())
+    assert all(p == first for p in rest)
+    transcript = "time" + first
+    joined = transcript + join_separator(transcript, "machine") + "machine"
+    assert new == greedy_continuation(BOOK, joined, GREEDY.length)
+
+
+def test_new_chat_and_undo_rewind_the_state():
+    session = ChatSession(BOOK)
+    a = turn(session, "time")
+    turn(session, "machine")
+    session.undo()
+    assert session.transcript == "time" + a
+    assert turn(session, "machine") == greedy_continuation(
+        BOOK, "time" + a + join_separator(a, "machine") + "machine", GREEDY.length)
+    session.reset()
+    assert session.transcript == "" and turn(session, "time") == a
+
+
+def test_switching_model_starts_afresh():
+    session = ChatSession(BOOK)
+    turn(session, "time")
+    session.use(RAW)
+    assert session.turns == []
+    assert turn(session, "Tim") == greedy_continuation(RAW, "Tim", GREEDY.length)
+
+
+# ---------------------------------------------------------------- refusals
+
+@pytest.mark.parametrize("length,temperature,top_k,word", [
+    (0, 0.5, 0, "length"), (MAX_LENGTH + 1, 0.5, 0, "length"), (-5, 0.5, 0, "length"),
+    (math.nan, 0.5, 0, "length"), (math.inf, 0.5, 0, "length"), ("100", 0.5, 0, "length"),
+    (None, 0.5, 0, "length"), (True, 0.5, 0, "length"), ([1], 0.5, 0, "length"),
+    (10, -0.1, 0, "temperature"), (10, 2.5, 0, "temperature"), (10, math.nan, 0, "temperature"),
+    (10, -math.inf, 0, "temperature"), (10, "hot", 0, "temperature"),
+    (10, 0.5, -1, "top_k"), (10, 0.5, math.nan, "top_k"), (10, 0.5, "3", "top_k"),
+])
+def test_bad_settings_are_refused_naming_the_parameter(length, temperature, top_k, word):
+    with pytest.raises(ChatError) as e:
+        check_settings(length, temperature, top_k, vocab_size=28)
+    message = str(e.value)
+    assert message.startswith(word) and "\n" not in message and "from" in message
+
+
+def test_settings_are_rounded_and_top_k_clamped():
+    assert check_settings(10.4, 0.001, 1000, vocab_size=28) == Settings(10, 0.0, 28)
+    assert check_settings(1000.0, 2, 0.0, vocab_size=28) == Settings(1000, 2.0, 0)
+
+
+@pytest.mark.parametrize("message,reason", [
+    ("", "empty"), ("   \n\t ", "empty"), (None, "must be text"), (123, "must be text"),
+    ("x" * (100 * 1024), "limit"), ("😀🎉", "cannot read"), ("1234 !!", "cannot read"),
+    ("\x00\x01", "cannot read"), ("\u200f\u202e", "cannot read"),
+])
+def test_messages_the_model_cannot_read_are_refused(message, reason):
+    with pytest.raises(ChatError, match=reason) as e:
+        check_message(message, BOOK.vocab, "book")
+    assert "\n" not in str(e.value)
+
+
+def test_odd_messages_are_read_as_the_training_text_was():
+    assert check_message("<b>Hi</b>", BOOK.vocab, "book") == " b hi b "
+    assert check_message(ODD_TEXT, BOOK.vocab, "book") == normalize_prompt(ODD_TEXT, "book")
+    assert check_message("e\u0301", RAW.vocab, "raw") == "é"       # NFC, as training text
+    assert len(check_message("x" * MAX_MESSAGE_CHARS, BOOK.vocab, "book")) == MAX_MESSAGE_CHARS
+
+
+def test_a_refused_message_leaves_the_conversation_untouched():
+    session = ChatSession(BOOK)
+    a = turn(session, "time")
+    with pytest.raises(ChatError):
+        turn(session, "   ")
+    assert session.transcript == "time" + a
+
+
+# ---------------------------------------------------------------- property tests
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.text(min_size=0, max_size=300), length=st.integers(1, 60),
+       temperature=st.floats(0, 2), top_k=st.integers(0, 40), raw=st.booleans())
+def test_any_text_and_settings_never_crash_and_stay_in_the_vocabulary(text, length, temperature,
+                                                                      top_k, raw):
+    ckpt = RAW if raw else BOOK
+    session = ChatSession(ckpt, seed=0)
+    s = check_settings(length, temperature, top_k, len(ckpt.vocab))
+    try:
+        reply = turn(session, text, s)
+    except ChatError as e:
+        assert str(e) and "\n" not in str(e)
+        assert session.transcript == ""
+        return
+    unk = reply.count("<unk>")                 # a sampled <unk> is a 5-character token
+    assert len(reply) == s.length + 4 * unk
+    assert set(reply.replace("<unk>", "")) <= set(ckpt.vocab.idx_to_token)
+    assert session.transcript.endswith(reply)
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=st.text(max_size=200))
+def test_normalised_messages_hold_only_what_the_model_reads(text):
+    try:
+        read = check_message(text, BOOK.vocab, "book")
+    except ChatError:
+        return
+    assert set(read) <= set(BOOK.vocab.idx_to_token) and read.strip()
+
+
+# ---------------------------------------------------------------- which models may be loaded
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project root with checkpoints/good (a real folder) and checkpoints/escape (a link
+    pointing outside), as the current directory."""
+    (tmp_path / "checkpoints" / "good").mkdir(parents=True)
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    (tmp_path / "checkpoints" / "escape").symlink_to(outside)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_local_folders_only_under_checkpoints(project):
+    ckpts = project / "checkpoints"
+    assert resolve_model_ref("checkpoints/good", "", ckpts) == (str(ckpts / "good"), None)
+    assert resolve_model_ref(" ./checkpoints/good ", None, ckpts)[0] == str(ckpts / "good")
+    for ref in ("checkpoints/escape", "checkpoints/../secret", "secret", "../secret", "/etc",
+                "/etc/passwd", "~", "~/.ssh", "checkpoints", "checkpoints/", ".", "..",
+                "checkpoints/missing", str(project / "secret"), "checkpoints/good/../../secret"):
+        with pytest.raises(ChatError, match="checkpoints/"):
+            resolve_model_ref(ref, None, ckpts)
+    with pytest.raises(ChatError, match="revision"):
+        resolve_model_ref("checkpoints/good", "main", ckpts)
+
+
+def test_hub_ids_and_revisions_are_checked(project):
+    ckpts = project / "checkpoints"
+    assert resolve_model_ref("someone/timemachine-rnn", " v1.0 ", ckpts) == \
+        ("someone/timemachine-rnn", "v1.0")
+    assert resolve_model_ref("gpt2", None, ckpts) == ("gpt2", None)
+    for ref in ("", "  ", None, 42, "a/b/c", "a b/c", "owner/na me", "owner/--x", "own..er/x",
+                "x" * 300, "owner/name\x00", "owner/<script>", "ünï/code", "-lead/x"):
+        with pytest.raises(ChatError):
+            resolve_model_ref(ref, None, ckpts)
+    for revision in ("../../etc", "a b", "\x00", "x" * 200, "-rf"):
+        with pytest.raises(ChatError, match="revision"):
+            resolve_model_ref("someone/model", revision, ckpts)
+
+
+def test_model_cache_is_bounded_and_does_not_keep_failures():
+    calls = []
+
+    def load(ref, revision):
+        calls.append(ref)
+        if ref == "bad":
+            raise CheckpointError("no such model")
+        return BOOK
+
+    cache = ModelCache(load, capacity=2)
+    for ref in ("a", "b", "a", "c", "a"):
+        cache.get(ref)
+    assert calls == ["a", "b", "c"] and list(cache.models) == [("c", None), ("a", None)]
+    for _ in range(2):
+        with pytest.raises(CheckpointError):
+            cache.get("bad")
+    assert calls.count("bad") == 2
+
+
+def test_pace_interval_grows_with_load_within_bounds():
+    pace = Pace(min_interval=0.04, max_interval=0.07, updates_per_second=1000)
+    assert pace.interval() == 0.04
+    pace.active = 60
+    assert pace.interval() == pytest.approx(0.06)
+    pace.active = 10_000
+    assert pace.interval() == 0.07
