@@ -4,6 +4,8 @@
     python train.py --use-random-iter                # the book's random-sampling run
     python train.py --max-tokens 0 --val-fraction 0.1 --num-epochs 50 --out runs/full
     python train.py --resume runs/full --num-epochs 80   # continue a run exactly
+    python train.py --push-to-hub user/timemachine-rnn   # train, then share on the Hub
+    python train.py --push-only runs/rnn --push-to-hub user/timemachine-rnn   # share, no training
 
 The defaults are the book's settings; see `python train.py --help` for every flag.
 """
@@ -26,6 +28,7 @@ from rnn_core.card import make_model_card
 from rnn_core.data import (NORMALIZATIONS, DataError, download_time_machine, load_corpus,
                            min_corpus_length, read_text, sha1_of, SeqDataLoader)
 from rnn_core.generation import predict_ch8
+from rnn_core.hub import HubError, check_push_target, push_checkpoint
 from rnn_core.model import RNNModelScratch
 from rnn_core.resume import TrainingState, load_training_state
 from rnn_core.training import OPTIMIZERS, NonFiniteLossError, make_updater, train_ch8
@@ -60,6 +63,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", type=Path, default=None,
                    help="continue the run saved in this folder exactly (other flags but --num-epochs "
                         "and --out are taken from it)")
+    h = p.add_argument_group("Hugging Face Hub (token from HF_TOKEN or `hf auth login`)")
+    h.add_argument("--push-to-hub", metavar="USER/NAME", default=None,
+                   help="after training, upload the checkpoint to this model repo (created if missing)")
+    h.add_argument("--private", action="store_true",
+                   help="create the repo private (an existing repo keeps its visibility)")
+    h.add_argument("--commit-message", default=None, help="message of the push's commit")
+    h.add_argument("--revision", metavar="BRANCH", default=None,
+                   help="push to this branch (created if missing) instead of main")
+    h.add_argument("--push-only", metavar="DIR", type=Path, default=None,
+                   help="push this existing checkpoint folder to --push-to-hub; no training")
     return p.parse_args(argv)
 
 
@@ -84,6 +97,19 @@ def check_args(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    hub = argparse.Namespace(**{k: vars(args).pop(k) for k in HUB_FLAGS})  # not part of the run
+    if hub.push_to_hub is None and (hub.push_only or hub.private or hub.commit_message or hub.revision):
+        print("error: --push-only, --private, --commit-message and --revision need --push-to-hub "
+              "USER/NAME", file=sys.stderr)
+        return 2
+    if hub.push_to_hub is not None:
+        try:
+            check_push_target(hub.push_to_hub)
+        except HubError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if hub.push_only is not None:
+        return push(hub.push_only, hub)
     state = None
     try:
         if args.resume is not None:
@@ -173,6 +199,27 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
     save(last)
     print(f"saved checkpoint to {args.out}")
+    return push(args.out, hub) if hub.push_to_hub else 0
+
+
+HUB_FLAGS = ("push_to_hub", "private", "commit_message", "revision", "push_only")
+
+
+def push(folder: Path, hub: argparse.Namespace) -> int:
+    """Upload a checkpoint folder in one commit; print the commit, or how to retry on failure."""
+    try:
+        info = push_checkpoint(folder, hub.push_to_hub, private=hub.private,
+                               commit_message=hub.commit_message, revision=hub.revision)
+    except CheckpointError as e:
+        retry = ["python", "train.py", "--push-only", str(folder), "--push-to-hub", hub.push_to_hub,
+                 *(["--revision", hub.revision] if hub.revision else []),
+                 *(["--private"] if hub.private else []),
+                 *(["--commit-message", hub.commit_message] if hub.commit_message else [])]
+        hint = f"; retry with: {shlex.join(retry)}" if isinstance(e, HubError) else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
+        return 4
+    print(f"pushed {folder} to {hub.push_to_hub}@{hub.revision or 'main'}: commit {info.oid}\n"
+          f"{info.commit_url}")
     return 0
 
 

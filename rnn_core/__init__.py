@@ -3,10 +3,11 @@ checkpoints. Data flows one way: text → vocab → batches → model → checkp
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .data import Vocab, load_corpus, normalize_prompt, normalize_text, SeqDataLoader
 from .generation import Generator, generate_text, predict_ch8
+from .hub import HubError, load_model, push_checkpoint
 from .model import RNNModelScratch
 from .training import grad_clipping, sgd, train_ch8, train_epoch_ch8
 
-__all__ = ["Checkpoint", "CheckpointError", "Generator", "RNNModelScratch", "SeqDataLoader",
-           "Vocab", "generate_text", "grad_clipping", "load_checkpoint", "load_corpus",
-           "normalize_prompt", "normalize_text", "predict_ch8", "save_checkpoint", "sgd",
-           "train_ch8", "train_epoch_ch8"]
+__all__ = ["Checkpoint", "CheckpointError", "Generator", "HubError", "RNNModelScratch",
+           "SeqDataLoader", "Vocab", "generate_text", "grad_clipping", "load_checkpoint",
+           "load_corpus", "load_model", "normalize_prompt", "normalize_text", "predict_ch8",
+           "push_checkpoint", "save_checkpoint", "sgd", "train_ch8", "train_epoch_ch8"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError
 from .generation import generate_text
+from .hub import load_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +15,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="continue a prefix (greedy by default, as predict_ch8)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g.add_argument("--model", required=True, help="checkpoint folder")
+    g.add_argument("--model", required=True,
+                   help="checkpoint folder, or Hub repo id user/name (downloaded once into the HF cache)")
+    g.add_argument("--revision", default=None,
+                   help="Hub branch, tag or commit sha to load (default: main); Hub repos only")
     g.add_argument("--prefix", default="time traveller", help="text to continue")
     g.add_argument("--num-preds", type=int, default=50, help="characters to generate")
     g.add_argument("--temperature", type=float, default=0.0, help="0: greedy; >0: sample")
@@ -27,7 +31,7 @@ def generate(args: argparse.Namespace) -> int:
     if args.num_preds < 0 or args.top_k < 0 or not args.temperature >= 0:
         print("error: --num-preds, --top-k and --temperature must not be negative", file=sys.stderr)
         return 2
-    ckpt = load_checkpoint(args.model)
+    ckpt = load_model(args.model, args.revision)
     print(generate_text(ckpt.net, ckpt.vocab, args.prefix, args.num_preds, ckpt.normalization,
                         args.temperature, args.top_k, args.seed))
     return 0

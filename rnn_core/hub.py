@@ -1,0 +1,205 @@
+"""Share checkpoints through the Hugging Face Hub: load by repo id, push a folder in one commit.
+
+    ckpt = load_model("user/timemachine-rnn", revision="main")   # or a local folder
+    info = push_checkpoint("runs/rnn", "user/timemachine-rnn")   # info.commit_url, info.oid
+
+Loading downloads only config.json, vocab.json and model.safetensors into the standard Hugging
+Face cache (config first: absurd sizes are refused before the weights are fetched), all pinned
+to one commit, then validates them exactly like a local folder. It works offline from the
+cache. Pushing uploads the model files, the plot and a model card in a single commit, so a
+failed push never leaves a half-updated repo. The token comes from HF_TOKEN or `hf auth login`
+(huggingface_hub's defaults) and is never printed or written anywhere.
+
+Every failure is a `HubError` (a `CheckpointError`, so a `ValueError`) with a one-line message
+saying what went wrong and what to do.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import httpx2
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants, get_token, hf_hub_download
+from huggingface_hub.errors import (HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
+                                    RemoteEntryNotFoundError, RepositoryNotFoundError,
+                                    RevisionNotFoundError)
+from huggingface_hub.utils import validate_repo_id
+
+from .card import make_model_card
+from .checkpoint import (CARD_NAME, CONFIG_NAME, MODEL_FILES, VOCAB_NAME, WEIGHTS_NAME, Checkpoint,
+                         CheckpointError, load_checkpoint, read_config)
+from .generation import predict_ch8
+from .model import param_shapes
+
+PLOT_NAME = "perplexity.png"
+PUSHED_FILES = (WEIGHTS_NAME, CONFIG_NAME, VOCAB_NAME, PLOT_NAME)  # plus the card; never training_state.*
+HEADER_ALLOWANCE = 64 << 10  # bytes a safetensors header may add to the raw float32 weights
+NETWORK_ERRORS = (HfHubHTTPError, httpx2.HTTPError, OSError)
+
+
+class HubError(CheckpointError):
+    """A Hub model that cannot be loaded, or a push that failed; the message says what to do."""
+
+
+def load_model(ref: str, revision: str | None = None) -> Checkpoint:
+    """Load a checkpoint from a local folder (if `ref` is one) or a Hub repo id "user/name".
+
+    `revision` (a branch, tag or commit sha; default main) applies to Hub repos only. The
+    result's `source` is the folder or repo id and `commit` the resolved Hub commit sha.
+    """
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if revision is not None:
+            raise HubError(f"--revision only applies to Hub repo ids, but {ref} is a local folder; "
+                           "drop --revision")
+        return load_checkpoint(path)
+    if ref.startswith((".", "/", "~")) or ref.endswith("/") or ref.count("/") > 1 or "\\" in ref:
+        raise HubError(f"checkpoint folder {ref} does not exist")
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        raise HubError(f"{ref!r} is neither a checkpoint folder nor a Hub repo id like user/name") from None
+    folder = download_checkpoint(ref, revision)
+    ckpt = _validated(ref, folder, load_checkpoint)
+    ckpt.source, ckpt.commit = ref, folder.name
+    return ckpt
+
+
+def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
+    """Fetch a repo's checkpoint files into the HF cache; returns the commit's snapshot folder.
+
+    config.json comes first and its sizes are checked before anything else is fetched; the
+    other files are then pinned to the commit config.json came from.
+    """
+    folder = Path(_download(repo_id, CONFIG_NAME, revision)).parent  # .../snapshots/<commit sha>
+    config = _validated(repo_id, folder, read_config)
+    commit = folder.name
+    _download(repo_id, VOCAB_NAME, commit, revision)
+    V, H = config["vocab_size"], config["num_hiddens"]
+    max_bytes = 4 * sum(math.prod(s) for s in param_shapes(V, H).values()) + HEADER_ALLOWANCE
+    info = _download(repo_id, WEIGHTS_NAME, commit, revision, dry_run=True)
+    if not info.is_cached and info.file_size is not None and info.file_size > max_bytes:
+        raise HubError(f"{repo_id}@{commit[:8]}/{WEIGHTS_NAME} is {info.file_size:,} bytes but "
+                       f"vocab_size {V} and num_hiddens {H} need at most {max_bytes:,}; not downloading "
+                       "it, the repo does not hold a usable checkpoint of this project")
+    _download(repo_id, WEIGHTS_NAME, commit, revision)
+    return folder
+
+
+def _validated(repo_id: str, folder: Path, check):
+    """Run a checkpoint.py check on a downloaded snapshot; errors name the repo, not the cache."""
+    try:
+        return check(folder)
+    except CheckpointError as e:
+        where = f"{repo_id}@{folder.name[:8]}"
+        raise HubError(f"{str(e).replace(str(folder), where)}; {repo_id} does not hold a usable "
+                       "checkpoint of this project") from None
+
+
+def _download(repo_id: str, filename: str, revision: str | None, asked: str | None = None,
+              dry_run: bool = False):
+    """hf_hub_download with every failure turned into a one-line HubError.
+
+    `asked` is the revision the user asked for, when `revision` is the sha it resolved to."""
+    rev = asked or revision or "main"
+    try:
+        return hf_hub_download(repo_id, filename, revision=revision, dry_run=dry_run)
+    except RepositoryNotFoundError:
+        raise HubError(f"no local folder {repo_id} and no Hub repo {repo_id} at {constants.ENDPOINT} "
+                       "(or it is private and no valid token was sent): check the name, or set "
+                       "HF_TOKEN / run `hf auth login`") from None
+    except RevisionNotFoundError:
+        raise HubError(f"Hub repo {repo_id} has no revision {rev!r}: use an existing branch, tag or "
+                       "full commit sha (default: main)") from None
+    except RemoteEntryNotFoundError:
+        raise HubError(f"Hub repo {repo_id}@{rev} has no {filename}: it is not a checkpoint of this "
+                       f"project (those hold {', '.join(MODEL_FILES)})") from None
+    except LocalEntryNotFoundError as e:
+        if constants.is_offline_mode():
+            raise HubError(f"{repo_id}@{rev} ({filename}) is not in the Hugging Face cache "
+                           f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set: unset it and "
+                           "connect once to download the model") from None
+        raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} ({_reason(e.__cause__ or e)}) "
+                       f"and {repo_id}@{rev} ({filename}) is not in the cache: check your "
+                       "connection and try again") from None
+    except NETWORK_ERRORS as e:
+        raise HubError(f"downloading {filename} of {repo_id}@{rev} failed ({_reason(e)}); "
+                       "try again") from None
+
+
+def check_push_target(repo_id: str, token: str | None = None) -> None:
+    """Refuse a malformed repo id or a missing token before any work (or training) starts."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        repo_id = ""
+    if repo_id.count("/") != 1:
+        raise HubError("--push-to-hub needs a repo id like user/name (letters, digits, '-', '_', '.')")
+    if (token or get_token()) is None:
+        raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again")
+
+
+def push_checkpoint(folder: str | os.PathLike, repo_id: str, *, private: bool = False,
+                    commit_message: str | None = None, revision: str | None = None,
+                    token: str | None = None) -> CommitInfo:
+    """Upload a checkpoint folder to a Hub model repo in one commit; returns its url and sha.
+
+    Creates the repo (private if asked) and the branch `revision` when missing. Uploads the
+    weights, config, vocabulary, perplexity plot and a model card whose `model_ref` is the
+    repo id, never the resume state. The folder is validated first, so a broken checkpoint is
+    never published. A failure raises HubError saying whether the repo changed (it cannot be
+    half-updated: a commit is all or nothing).
+    """
+    check_push_target(repo_id, token)
+    folder = Path(folder)
+    ckpt = load_checkpoint(folder)
+    sample = predict_ch8("time traveller", 50, ckpt.net, ckpt.vocab, "cpu")
+    card = make_model_card(ckpt.config, sample, repo_id)
+    ops = [CommitOperationAdd(name, folder / name) for name in PUSHED_FILES if (folder / name).is_file()]
+    ops.append(CommitOperationAdd(CARD_NAME, str(card).encode()))
+    t = ckpt.config.get("training", {})
+    message = commit_message or (f"Upload char-RNN ({ckpt.config['num_hiddens']} hidden units, "
+                                 f"{t.get('num_epochs', '?')} epochs)")
+    branch = revision or "main"
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        before = api.repo_info(repo_id, revision=branch).sha
+    except NETWORK_ERRORS as e:
+        raise HubError(f"push to {repo_id} failed before uploading ({_reason(e)}); nothing was "
+                       "pushed") from None
+    try:
+        return api.create_commit(repo_id, ops, commit_message=message, revision=revision)
+    except (*NETWORK_ERRORS, RuntimeError, ValueError) as e:
+        raise HubError(f"push to {repo_id}@{branch} failed ({_reason(e)}); "
+                       f"{_state_after_failure(api, repo_id, branch, before)}") from None
+
+
+def _state_after_failure(api: HfApi, repo_id: str, branch: str, before: str) -> str:
+    """What a failed push left on the Hub, checked rather than assumed."""
+    try:
+        now = api.repo_info(repo_id, revision=branch).sha
+    except NETWORK_ERRORS:
+        return (f"could not check {repo_id} afterwards; a commit is all or nothing, so the branch "
+                f"holds either its previous commit {before[:8]} or the whole new one")
+    if now == before:
+        return f"nothing was pushed, {repo_id}@{branch} is still at {before[:8]}"
+    return f"{repo_id}@{branch} moved from {before[:8]} to {now[:8]}; check it before pushing again"
+
+
+def _reason(e: BaseException) -> str:
+    """A short, one-line account of an exception: HTTP status and server message, or the first
+    lines of the error and of its cause."""
+    if isinstance(e, HfHubHTTPError):
+        message = (e.server_message or "").strip() or e.response.reason_phrase
+        hint = "; check HF_TOKEN or run `hf auth login`" if e.response.status_code == 401 else ""
+        return f"HTTP {e.response.status_code}: {message.splitlines()[0]}{hint}"
+    lines = []
+    for err in (e, e.__cause__):
+        line = next((ln.strip() for ln in str(err or "").splitlines() if ln.strip()), None)
+        if err is not None and line not in lines:
+            lines.append(line or type(err).__name__)
+    return ": ".join(lines)
