@@ -78,7 +78,8 @@ def check_settings(length, temperature, top_k, vocab_size: int) -> Settings:
     vocabulary size means "all tokens" and is clamped to it."""
     n = _number("length", length, 1, MAX_LENGTH, " characters")
     t = _number("temperature", temperature, 0, MAX_TEMPERATURE, " (0 = greedy)")
-    if isinstance(top_k, (int, float)) and not isinstance(top_k, bool) and top_k > vocab_size:
+    if isinstance(top_k, (int, float)) and not isinstance(top_k, bool) and \
+            math.isfinite(top_k) and top_k > vocab_size:
         top_k = vocab_size
     k = _number("top_k", top_k, 0, vocab_size, " (0 = off; at most the vocabulary size)")
     return Settings(int(round(n)), 0.0 if t < MIN_TEMPERATURE else t, int(round(k)))

@@ -176,7 +176,8 @@ def test_switching_model_starts_afresh():
     (None, 0.5, 0, "length"), (True, 0.5, 0, "length"), ([1], 0.5, 0, "length"),
     (10, -0.1, 0, "temperature"), (10, 2.5, 0, "temperature"), (10, math.nan, 0, "temperature"),
     (10, -math.inf, 0, "temperature"), (10, "hot", 0, "temperature"),
-    (10, 0.5, -1, "top_k"), (10, 0.5, math.nan, "top_k"), (10, 0.5, "3", "top_k"),
+    (10, 0.5, -1, "top_k"), (10, 0.5, math.nan, "top_k"), (10, 0.5, math.inf, "top_k"),
+    (10, 0.5, "3", "top_k"),
 ])
 def test_bad_settings_are_refused_naming_the_parameter(length, temperature, top_k, word):
     with pytest.raises(ChatError) as e:

@@ -1,0 +1,273 @@
+"""The chat: the §8.5 RNN continues whatever you type, streaming from its carried hidden state.
+
+    python app.py          # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)
+
+The model comes from RNN_MODEL (a Hub repo id or a local checkpoint folder) and optional
+RNN_MODEL_REVISION, as a Hugging Face Space is configured; default and fallback: the bundled
+checkpoint. Each browser tab or API client has its own conversation and model choice.
+The conversation logic lives in rnn_core/chat.py; this file is the page and its API.
+"""
+from __future__ import annotations
+
+import html
+import os
+import re
+from contextlib import aclosing
+from pathlib import Path
+
+import anyio
+import gradio as gr
+import torch
+
+from rnn_core.chat import (MAX_LENGTH, MAX_TEMPERATURE, ChatError, ChatSession, ModelCache,
+                           check_settings, describe_vocab, num_params, resolve_model_ref,
+                           stream_reply)
+from rnn_core.checkpoint import Checkpoint, CheckpointError
+from rnn_core.hub import load_model
+
+ROOT = Path(__file__).resolve().parent
+CHECKPOINTS = ROOT / "checkpoints"
+BUNDLED = CHECKPOINTS / "timemachine-rnn512"
+EXAMPLES = ["time traveller", "the medical man", "it was a strange thing", "the machine"]
+CHAT_CONCURRENCY = 256   # streams are async and cheap; pacing keeps the update rate bounded
+MODELS = ModelCache(load_model, capacity=4)
+
+
+def startup_model() -> tuple[Checkpoint, str | None]:
+    """RNN_MODEL (and RNN_MODEL_REVISION) if set and loadable, else the bundled checkpoint
+    with a notice saying why."""
+    ref = os.environ.get("RNN_MODEL", "").strip()
+    revision = os.environ.get("RNN_MODEL_REVISION", "").strip() or None
+    notice = None
+    if ref:
+        try:
+            return MODELS.get(ref, revision), None
+        except Exception as e:  # any failure: serve the bundled model and say why
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            notice = (f"Could not load RNN_MODEL={ref}{'@' + revision if revision else ''} "
+                      f"({reason}). Serving the bundled model instead.")
+    try:
+        return MODELS.get(str(BUNDLED), None), notice
+    except CheckpointError as e:
+        raise SystemExit(f"error: the bundled model cannot be loaded ({e}); restore "
+                         f"{BUNDLED.relative_to(ROOT)} or set RNN_MODEL") from None
+
+
+DEFAULT, NOTICE = startup_model()
+
+
+# ---------------------------------------------------------------- rendering
+
+def md_escape(text: str) -> str:
+    """Text for Markdown, shown literally: every ASCII punctuation mark backslash-escaped."""
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text)
+
+
+def model_source(ckpt: Checkpoint) -> str:
+    """Where a model came from, for people: the repo and commit, or the folder (relative to
+    the app, so no server paths are shown)."""
+    if ckpt.commit:
+        return f"Hub repo {md_escape(ckpt.source)} at commit {ckpt.commit[:12]}"
+    path = Path(ckpt.source).resolve()
+    name = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+    return f"{md_escape(name)}{' (bundled with the app)' if path == BUNDLED else ' (local folder)'}"
+
+
+def model_card(ckpt: Checkpoint) -> str:
+    """The loaded model in a few lines of Markdown."""
+    training = ckpt.config.get("training") if isinstance(ckpt.config.get("training"), dict) else {}
+    ppl = training.get("final_val_ppl")
+    ppl = f"{ppl:.2f}" if isinstance(ppl, (int, float)) and not isinstance(ppl, bool) else "not measured"
+    return (f"**Model:** {model_source(ckpt)}  \n"
+            f"{ckpt.config['num_hiddens']} hidden units · {num_params(ckpt):,} parameters · "
+            f"validation perplexity {ppl}  \n"
+            f"**Vocabulary** ({len(ckpt.vocab)} tokens, `{ckpt.normalization}` normalisation): "
+            f"{md_escape(describe_vocab(ckpt.vocab))}")
+
+
+def bubble(role: str, text: str) -> dict:
+    """A chat message shown verbatim: HTML-escaped (the page renders no Markdown or HTML),
+    and as a text part so Gradio does not strip its leading spaces."""
+    return {"role": role, "content": [{"type": "text", "text": html.escape(text, quote=False)}]}
+
+
+def history(turns) -> list[dict]:
+    return [m for t in turns for m in (bubble("user", t.text), bubble("assistant", t.reply))]
+
+
+def session_of(session: ChatSession | None) -> ChatSession:
+    """This visitor's conversation, created on first use with the app's model."""
+    return session if session is not None else ChatSession(DEFAULT)
+
+
+# ---------------------------------------------------------------- event handlers
+
+def refused(e: Exception, prefix: str = "") -> gr.Error:
+    """An error event carrying the reason (escaped: the page renders error text as HTML)."""
+    return gr.Error(html.escape(prefix + str(e), quote=False), print_exception=False)
+
+
+async def _stream(session: ChatSession, message, length, temperature, top_k):
+    """stream_reply with refusals turned into error events that carry the reason."""
+    try:
+        settings = check_settings(length, temperature, top_k, len(session.ckpt.vocab))
+        async with aclosing(stream_reply(session, message, settings)) as replies:
+            async for reply in replies:
+                yield reply
+    except ChatError as e:
+        raise refused(e) from None
+
+
+async def chat(message: str, length: float, temperature: float, top_k: float,
+               session: ChatSession | None):
+    """Continue this session's conversation with `message`; streams the reply so far (each
+    partial a prefix of the next, the last one whole), as plain text."""
+    session = session_of(session)
+    async for reply in _stream(session, message, length, temperature, top_k):
+        yield reply, session
+
+
+async def respond(message, length, temperature, top_k, session):
+    """The page's send: the conversation so far plus the growing reply; clears the box."""
+    session = session_of(session)
+    past, cleared = None, ""
+    async for _ in _stream(session, message, length, temperature, top_k):
+        if past is None:
+            past = history(session.turns[:-1])
+        yield past + history(session.turns[-1:]), cleared, session
+        cleared = gr.skip()
+
+
+async def retry(length, temperature, top_k, session):
+    """Rewind the last turn and answer its message again with the current settings."""
+    session = session_of(session)
+    turn = session.undo()
+    if turn is None:
+        yield [], gr.skip(), session
+        return
+    async for update in respond(turn.message, length, temperature, top_k, session):
+        yield update[0], gr.skip(), session
+
+
+async def undo(session):
+    """Rewind the last turn and put its message back in the box."""
+    session = session_of(session)
+    turn = session.undo()
+    return history(session.turns), (turn.message if turn else gr.skip()), session
+
+
+async def show(session):
+    """Redraw the conversation from the session (after Stop: exactly what the state read)."""
+    return history(session_of(session).turns)
+
+
+async def new_chat(session):
+    """Forget the conversation: zero hidden state, empty transcript."""
+    session = session_of(session)
+    session.reset()
+    return [], session
+
+
+async def load_other_model(ref, revision, session):
+    """Switch this session (only) to a Hub repo id or a folder under checkpoints/."""
+    session = session_of(session)
+    try:
+        ref, revision = resolve_model_ref(ref, revision, CHECKPOINTS)
+        ckpt = await anyio.to_thread.run_sync(MODELS.get, ref, revision)
+    except (ChatError, CheckpointError) as e:
+        raise refused(e, "Model not loaded: ") from None
+    session.use(ckpt)
+    vocab_size = len(ckpt.vocab)
+    return model_card(ckpt), [], gr.Slider(maximum=vocab_size), session
+
+
+# ---------------------------------------------------------------- the page
+
+CSS = """
+.verbatim .message-content, .verbatim .message-content * { white-space: pre-wrap; }
+#model-card { font-size: var(--text-sm); }
+"""
+
+INTRO = """# Time Machine char-RNN
+The character-level RNN of *Dive into Deep Learning* §8.5, written from scratch and trained on
+H. G. Wells' *The Time Machine*. Type the start of a sentence: it continues your text one
+character at a time. The whole conversation is one continuous text that the model keeps reading,
+so each reply follows everything said before. It reads only the characters its training text had
+(the bundled model: lowercase letters and spaces), so your message is shown as the model read it."""
+
+
+def build() -> gr.Blocks:
+    vocab_size = len(DEFAULT.vocab)
+    with gr.Blocks(title="Time Machine char-RNN") as demo:
+        session = gr.State(None)
+        gr.Markdown(INTRO)
+        if NOTICE:
+            gr.Markdown(f"⚠️ {md_escape(NOTICE)}", elem_id="notice")
+        with gr.Row():
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(
+                    label="Conversation", height=440, elem_id="chat", elem_classes="verbatim",
+                    render_markdown=False, sanitize_html=True, allow_tags=False,
+                    latex_delimiters=[], buttons=[], feedback_options=None,
+                    placeholder="The model's replies stream here.")
+                with gr.Row(equal_height=True):
+                    message = gr.Textbox(show_label=False, scale=6, autofocus=True, lines=1,
+                                         placeholder="Type the start of a sentence and press Enter")
+                    send = gr.Button("Send", variant="primary", size="md", scale=0, min_width=90)
+                    stop = gr.Button("Stop", size="md", scale=0, min_width=90)
+                    clear = gr.Button("New chat", size="md", scale=0, min_width=120)
+                gr.Examples(EXAMPLES, inputs=[message], cache_examples=False,
+                            label="Examples (click one, then Send)")
+            with gr.Column(scale=2):
+                length = gr.Slider(1, MAX_LENGTH, value=200, step=1, label="Length",
+                                   info="characters per reply")
+                temperature = gr.Slider(0, MAX_TEMPERATURE, value=0.7, step=0.05,
+                                        label="Temperature",
+                                        info="0 = greedy, the book's predict_ch8; higher = bolder")
+                top_k = gr.Slider(0, vocab_size, value=0, step=1, label="Top-k",
+                                  info="sample from the k most likely characters; 0 = all")
+                card = gr.Markdown(model_card(DEFAULT), elem_id="model-card", label="model")
+                with gr.Accordion("Load another model (for this tab only)", open=False):
+                    ref = gr.Textbox(label="Hub repo id or local folder",
+                                     placeholder="owner/name or checkpoints/NAME")
+                    revision = gr.Textbox(label="Revision (optional)",
+                                          placeholder="branch, tag or commit; default main")
+                    load = gr.Button("Load model")
+
+        settings = [length, temperature, top_k, session]
+        chatting = gr.on([message.submit, send.click], respond, [message, *settings],
+                         [chatbot, message, session], api_visibility="private",
+                         concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat",
+                         show_progress="hidden", trigger_mode="once", preprocess=False)
+        retrying = chatbot.retry(retry, settings, [chatbot, message, session],
+                                 api_visibility="private", concurrency_id="chat",
+                                 concurrency_limit=CHAT_CONCURRENCY, show_progress="hidden",
+                                 preprocess=False)
+        chatbot.undo(undo, [session], [chatbot, message, session], api_visibility="private")
+        stop.click(None, cancels=[chatting, retrying]).then(
+            show, [session], [chatbot], api_visibility="private")
+        clear.click(new_chat, [session], [chatbot, session], api_name="new_chat",
+                    cancels=[chatting, retrying])
+        chatbot.clear(new_chat, [session], [chatbot, session], api_visibility="private",
+                      cancels=[chatting, retrying])
+        load.click(load_other_model, [ref, revision, session], [card, chatbot, top_k, session],
+                   api_name="load_model", concurrency_limit=2, concurrency_id="load",
+                   cancels=[chatting, retrying])
+
+        # The API: /chat(message, length, temperature, top_k) streams the reply as plain text.
+        reply = gr.Textbox(visible=False, label="reply")
+        api_button = gr.Button(visible=False)
+        api_button.click(chat, [message, *settings], [reply, session], api_name="chat",
+                         concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat",
+                         preprocess=False)
+    demo.queue(max_size=2048)
+    return demo
+
+
+demo = build()
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)  # one batch-1 step is far too small to split across threads
+    # Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT. Gradio runs at most
+    # max_threads events at once whatever their concurrency limits, so it is raised to match.
+    demo.launch(css=CSS, theme=gr.themes.Soft(), max_threads=CHAT_CONCURRENCY + 16)

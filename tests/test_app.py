@@ -1,0 +1,435 @@
+"""The chat app as its users meet it: `python app.py` in a subprocess on 127.0.0.1, driven by
+`gradio_client` (and raw HTTP where the client would refuse to send), with models served by
+the test Hub server (tests/hub_server.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import torch
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from hub_server import HubServer
+from rnn_core.chat import join_separator
+from rnn_core.checkpoint import MODEL_FILES, load_checkpoint, save_checkpoint
+from rnn_core.data import Vocab, normalize_prompt
+from rnn_core.generation import predict_ch8
+from rnn_core.model import PARAM_NAMES, RNNModelScratch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- helpers (also used by test_browser)
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AppServer:
+    """`python app.py` on a free loopback port (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)."""
+
+    def __init__(self, log_dir: Path, **env: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log_dir / f"app-{self.port}.log"
+        full_env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1",
+                    "GRADIO_SERVER_PORT": str(self.port), "GRADIO_ANALYTICS_ENABLED": "False",
+                    "HF_HUB_DISABLE_XET": "1", "PYTHONUNBUFFERED": "1", **env}
+        for key in [k for k, v in env.items() if v is None]:
+            full_env.pop(key)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full_env,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"app.py exited ({self.proc.returncode}):\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/config", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"app.py did not start within 120 s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def client(self) -> Client:
+        return Client(self.url, verbose=False)
+
+    def page_text(self) -> str:
+        """The text of every Markdown block on the page as it reads (escapes removed)."""
+        config = httpx.get(self.url + "/config", timeout=10).json()
+        return "\n".join(plain(c["props"]["value"]) for c in config["components"]
+                         if c.get("type") == "markdown" and isinstance(c["props"].get("value"), str))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def plain(markdown: str) -> str:
+    """Markdown text as it reads: backslash escapes removed."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
+def checkpoint_files(folder: Path) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in (*MODEL_FILES, "README.md")
+            if (folder / name).is_file()}
+
+
+def continuation(ckpt, text: str, n: int) -> str:
+    """The book's greedy predict_ch8 after `text`: what a carried state must reproduce.
+    (predict_ch8 returns the prefix as tokens, so an unknown character comes back '<unk>'.)"""
+    prefix = "".join(ckpt.vocab.to_tokens(ckpt.vocab[list(text)]))
+    return predict_ch8(text, n, ckpt.net, ckpt.vocab, "cpu")[len(prefix):]
+
+
+def replay(ckpt, turns: list[tuple[str | None, str]]) -> None:
+    """Check a conversation offline: each greedy reply continues the whole joined transcript;
+    a None message marks a new chat."""
+    transcript = ""
+    for message, reply in turns:
+        if message is None:
+            transcript = ""
+            continue
+        m = normalize_prompt(message, ckpt.normalization)
+        transcript += join_separator(transcript, m) + m
+        assert reply == continuation(ckpt, transcript, len(reply)), (message, transcript[-80:])
+        transcript += reply
+
+
+def other_model(folder: Path) -> Path:
+    """A second, differently shaped model (raw normalisation, its own vocabulary)."""
+    torch.manual_seed(1)
+    vocab = Vocab("abcdefghij <>&\"'é")
+    net = RNNModelScratch(len(vocab), 20)
+    weights = {name: getattr(net, name).detach() * 40 for name in PARAM_NAMES}
+    return save_checkpoint(folder, weights, vocab, {"normalization": "raw",
+                                                    "training": {"final_val_ppl": 7.25}})
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def hub(tiny_checkpoint, tmp_path_factory):
+    """A Hub with user/tiny-rnn (the tiny trained model, two commits: a first one with
+    different weights, then the trained one) and user/other-rnn."""
+    server = HubServer({"hf_test": "user"}).start()
+    other = other_model(tmp_path_factory.mktemp("other") / "other")
+    server.first_commit = server.put_commit("user/tiny-rnn", checkpoint_files(other))
+    server.put_commit("user/tiny-rnn", checkpoint_files(tiny_checkpoint))
+    server.put_commit("user/other-rnn", checkpoint_files(other))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def app(hub, tmp_path_factory):
+    """The app serving RNN_MODEL=user/tiny-rnn from the test Hub."""
+    hf_home = tmp_path_factory.mktemp("hf")
+    server = AppServer(tmp_path_factory.mktemp("logs"), RNN_MODEL="user/tiny-rnn",
+                       HF_ENDPOINT=hub.url, HF_HOME=str(hf_home), HF_TOKEN="hf_test")
+    server.hf_home = hf_home
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint):
+    return load_checkpoint(tiny_checkpoint)
+
+
+def chat(client: Client, message, length=40, temperature=0.0, top_k=0) -> str:
+    return client.predict(message, length, temperature, top_k, api_name="/chat")
+
+
+# ---------------------------------------------------------------- streaming and the carried state
+
+def test_page_shows_the_model_from_the_hub(app, hub):
+    text = app.page_text()
+    commit = hub.head("user/tiny-rnn")
+    assert f"Hub repo user/tiny-rnn at commit {commit[:12]}" in text
+    assert "validation perplexity" in text and "Vocabulary" in text
+
+
+def test_chat_streams_partials_that_grow_into_the_reply(app):
+    client = app.client()
+    job = client.submit("the time machine", 150, 0.8, 5, api_name="/chat")
+    partials = list(job)
+    reply = job.result()
+    assert len(partials) >= 3, partials
+    assert all(b.startswith(a) for a, b in zip(partials, partials[1:]))
+    assert partials[-1] == reply and len(reply) == 150
+
+
+def test_three_turns_carry_the_hidden_state(app, tiny):
+    client = app.client()
+    turns = [("Time Traveller", 60), ("said the  Psychologist!", 45), ("and", 30)]
+    replies = [chat(client, m, n) for m, n in turns]
+    m1 = normalize_prompt(turns[0][0], "book")
+    assert replies[0] == predict_ch8(m1, 60, tiny.net, tiny.vocab, "cpu")[len(m1):]
+    replay(tiny, [(m, r) for (m, _), r in zip(turns, replies)])
+
+
+def test_new_chat_resets_the_state(app, tiny):
+    client = app.client()
+    first = chat(client, "the medical man")
+    chat(client, "was")
+    assert client.predict(api_name="/new_chat") == []
+    assert chat(client, "the medical man") == first == continuation(tiny, "the medical man", 40)
+
+
+def test_concurrent_sessions_are_kept_apart(app, tiny):
+    messages = {0: ["time", "the machine", "it was"], 1: ["filby", "weena", "the sphinx", "and"]}
+    results, spans, errors = {}, {0: [], 1: []}, []
+
+    def converse(i):
+        try:
+            client = app.client()
+            results[i] = []
+            for m in messages[i]:
+                start = time.monotonic()
+                results[i].append((m, chat(client, m, 90)))
+                spans[i].append((start, time.monotonic()))
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=converse, args=(i,)) for i in messages]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    for i in messages:
+        replay(tiny, results[i])
+    assert any(a0 < b1 and a1 < b0 for a0, b0 in spans[0] for a1, b1 in spans[1]), \
+        "the two sessions never streamed at the same time (concurrency limit 1?)"
+
+
+# ---------------------------------------------------------------- loading another model
+
+def test_load_model_control_switches_only_this_session(app, hub, tiny, tmp_path):
+    mine, theirs = app.client(), app.client()
+    log = [("time", chat(theirs, "time"))]
+    card, conversation, top_k = mine.predict("user/other-rnn", "", api_name="/load_model")
+    commit = hub.head("user/other-rnn")
+    card = plain(card)
+    assert f"Hub repo user/other-rnn at commit {commit[:12]}" in card
+    assert "validation perplexity 7.25" in card and "(18 tokens, `raw` normalisation)" in card
+    assert conversation == [] and top_k["maximum"] == 18   # the top-k slider follows the vocabulary
+    other = load_checkpoint(other_model(tmp_path / "other"))
+    assert chat(mine, "abc") == continuation(other, "abc", 40)
+    log.append(("machine", chat(theirs, "machine")))
+    replay(tiny, log)
+
+    # a revision: the first commit of user/tiny-rnn held the other model's weights
+    card, _, _ = mine.predict("user/tiny-rnn", hub.first_commit, api_name="/load_model")
+    assert hub.first_commit[:12] in card
+    assert chat(mine, "abc") == continuation(other, "abc", 40)
+
+
+@pytest.mark.parametrize("ref,revision,reason", [
+    ("nobody/missing", "", "no Hub repo nobody/missing"),
+    ("user/tiny-rnn", "no-such-branch", "no revision"),
+    ("not a repo", "", "not a valid Hub repo id"),
+    ("../../etc/passwd", "", "checkpoints/"),
+    ("/etc", "", "checkpoints/"),
+    ("checkpoints/../tests", "", "checkpoints/"),
+    ("", "", "Hub repo id"),
+])
+def test_a_failed_load_says_why_and_changes_nothing(app, tiny, ref, revision, reason):
+    client = app.client()
+    log = [("time", chat(client, "time"))]
+    with pytest.raises(AppError, match="Model not loaded") as e:
+        client.predict(ref, revision, api_name="/load_model")
+    assert reason in str(e.value) and "\n" not in str(e.value)
+    log.append(("machine", chat(client, "machine")))
+    replay(tiny, log)
+
+
+def test_bundled_folder_can_be_loaded_by_name(app, bundled_checkpoint):
+    client = app.client()
+    card, _, top_k = client.predict("checkpoints/timemachine-rnn512", "", api_name="/load_model")
+    assert "checkpoints/timemachine-rnn512 (bundled with the app)" in plain(card)
+    assert top_k["maximum"] == 28
+    bundled = load_checkpoint(bundled_checkpoint)
+    assert chat(client, "time traveller") == continuation(bundled, "time traveller", 40)
+
+
+def test_fallback_to_the_bundled_model_when_rnn_model_fails(hub, bundled_checkpoint, tmp_path):
+    server = AppServer(tmp_path, RNN_MODEL="nobody/missing", HF_ENDPOINT=hub.url,
+                       HF_HOME=str(tmp_path / "hf"))
+    try:
+        text = server.page_text()
+        assert "Could not load RNN_MODEL=nobody/missing (no local folder" in text
+        assert "Serving the bundled model instead" in text
+        assert "checkpoints/timemachine-rnn512 (bundled with the app)" in text
+        bundled = load_checkpoint(bundled_checkpoint)
+        assert chat(server.client(), "Time Traveller", 50) == \
+            continuation(bundled, "time traveller", 50)
+    finally:
+        server.stop()
+
+
+def test_unreachable_hub_serves_the_cached_model(app, hub, tmp_path):
+    """The Hub is down, but the model is in the Hugging Face cache: served from there."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    server = AppServer(tmp_path, RNN_MODEL="user/tiny-rnn", HF_ENDPOINT=dead,
+                       HF_HOME=str(app.hf_home))
+    try:
+        text = server.page_text()
+        assert f"Hub repo user/tiny-rnn at commit {hub.head('user/tiny-rnn')[:12]}" in text
+        assert "Could not load" not in text
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- bad input at the API
+
+@pytest.mark.parametrize("args,reason", [
+    (("", 40, 0, 0), "empty"),
+    (("   \n ", 40, 0, 0), "empty"),
+    (("x" * 100_000, 40, 0, 0), "limit is 2,000"),
+    (("😀 🎉 ١٢٣", 40, 0, 0), "cannot read"),
+    (("time", 0, 0, 0), "length must be a number from 1 to 1000"),
+    (("time", 5000, 0, 0), "length must be"),
+    (("time", -3, 0, 0), "length must be"),
+    (("time", "long", 0, 0), "length must be"),
+    (("time", None, 0, 0), "length must be"),
+    (("time", 40, -1, 0), "temperature must be a number from 0 to 2"),
+    (("time", 40, 9, 0), "temperature must be"),
+    (("time", 40, [1], 0), "temperature must be"),
+    (("time", 40, 0.5, -2), "top_k must be"),
+    (("time", 40, 0.5, {"k": 1}), "top_k must be"),
+])
+def test_refused_calls_end_with_a_reason(app, args, reason):
+    with pytest.raises(AppError) as e:
+        app.client().predict(*args, api_name="/chat")
+    assert reason in str(e.value) and "\n" not in str(e.value)
+
+
+def raw_chat(app: AppServer, data: list, body: str | None = None) -> list[dict]:
+    """One /chat call over Gradio's HTTP protocol, for values gradio_client will not send
+    (NaN, infinities): returns the stream's messages."""
+    config = httpx.get(app.url + "/config", timeout=10).json()
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "chat")
+    session = uuid.uuid4().hex
+    payload = {"data": data, "fn_index": fn_index, "session_hash": session,
+               "event_data": None, "trigger_id": None}
+    content = body if body is not None else json.dumps(payload)  # json.dumps writes NaN
+    r = httpx.post(app.url + "/gradio_api/queue/join", content=content,
+                   headers={"content-type": "application/json"}, timeout=10)
+    if r.status_code != 200:
+        return [{"msg": "rejected", "status": r.status_code, "detail": r.text}]
+    messages = []
+    with httpx.stream("GET", f"{app.url}/gradio_api/queue/data?session_hash={session}",
+                      timeout=30) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                messages.append(json.loads(line[5:]))
+                if messages[-1]["msg"] == "process_completed":
+                    break
+    return messages
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("position,name", [(1, "length"), (2, "temperature"), (3, "top_k")])
+def test_nan_and_infinity_are_refused_and_others_keep_being_served(app, tiny, value, position,
+                                                                   name):
+    data = ["time", 40, 0.0, 0, None]
+    data[position] = value
+    last = raw_chat(app, data)[-1]
+    assert last["msg"] == "process_completed" and not last["success"], last
+    assert last["output"]["error"].startswith(f"{name} must be a number from ")
+    assert chat(app.client(), "time") == continuation(tiny, "time", 40)
+
+
+def test_html_and_control_characters_come_back_as_plain_text(app, tiny):
+    client = app.client()
+    message = "<script>alert('x')</script>\x00\u202e<b>Time</b> e\u0301 &amp;"
+    reply = chat(client, message, 30)
+    read = normalize_prompt(message, "book")
+    assert reply == continuation(tiny, read, 30)
+    assert "<" not in reply and "&" not in reply
+
+
+# ---------------------------------------------------------------- soak
+
+WORDS = ("time traveller machine psychologist medical man weena morlocks sphinx filby the of and "
+         "it was a strange thing dimension future").split()
+ODDITIES = ("", "!", " ", "  ", ",", "😀", "\u202e", "e\u0301", "\x00", "<b>", "\t")
+
+
+def random_message(rng: random.Random) -> str:
+    words = [rng.choice(WORDS).capitalize() if rng.random() < 0.2 else rng.choice(WORDS)
+             for _ in range(rng.randint(1, 4))]
+    return rng.choice(ODDITIES) + " ".join(words) + rng.choice(ODDITIES)
+
+
+def test_soak_many_sessions_stay_correct_and_memory_stays_flat(app, tiny):
+    """16 concurrent sessions for about 20 s: random messages, lengths and top-k, greedy so
+    every transcript can be replayed offline; occasional new chats."""
+    sessions, seconds = 16, 20.0
+    process = psutil.Process(app.proc.pid)
+    logs: dict[int, list] = {}
+    errors: list[str] = []
+    rss = {}
+    start = time.monotonic()
+
+    def converse(i):
+        rng, client = random.Random(i), app.client()
+        log = logs[i] = []
+        try:
+            while time.monotonic() - start < seconds:
+                if rng.random() < 0.1:
+                    client.predict(api_name="/new_chat")
+                    log.append((None, ""))
+                    continue
+                message = random_message(rng)
+                job = client.submit(message, rng.randint(1, 120), 0, rng.randint(0, 30),
+                                    api_name="/chat")
+                partials = list(job)
+                reply = job.result()
+                assert all(b.startswith(a) for a, b in zip(partials, partials[1:]))
+                log.append((message, reply))
+        except Exception as e:  # collected and reported below
+            errors.append(f"session {i}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=converse, args=(i,)) for i in range(sessions)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds / 3)
+    rss["warm"] = process.memory_info().rss
+    for t in threads:
+        t.join(seconds + 60)
+    rss["end"] = process.memory_info().rss
+    assert not errors, errors[:3]
+    assert sum(1 for log in logs.values() for m, _ in log if m) >= sessions * 5
+    for log in logs.values():
+        replay(tiny, log)
+    grown = (rss["end"] - rss["warm"]) / 2**20
+    assert grown < 40, f"server memory grew {grown:.0f} MB after warm-up"
