@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
-import os
 import random
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="sequences per minibatch")
     p.add_argument("--num-steps", type=int, default=35, help="time steps per sequence (BPTT length)")
     p.add_argument("--lr", type=float, default=1.0, help="learning rate")
-    p.add_argument("--num-epochs", type=int, default=500, help="passes over the text")
+    p.add_argument("--num-epochs", type=int, default=None,
+                   help="passes over the text (default 500; with --resume, the saved run's)")
     p.add_argument("--max-tokens", type=int, default=10000,
                    help="train on the first N characters (the book: 10000); 0 or less: the whole text")
     p.add_argument("--use-random-iter", action="store_true",
@@ -53,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="book: letters only, lowercase (the book); raw: keep every character")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when available, else cpu")
-    p.add_argument("--out", type=Path, default=Path("runs/rnn"), help="checkpoint folder to write")
+    p.add_argument("--out", type=Path, default=None,
+                   help="checkpoint folder to write (default runs/rnn; with --resume, the resumed folder)")
     p.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out the last fraction of the text for validation perplexity")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
@@ -90,9 +92,11 @@ def check_args(args: argparse.Namespace) -> None:
     out = args.out
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file, not a folder; choose another path")
-    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK):
-        raise DataError(f"--out {out} cannot be written ({parent} is not writable); choose another path")
+    try:  # a real write probe: permission bits say little when running as root
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out.parent).close()
+    except OSError as e:
+        raise DataError(f"--out {out} cannot be written ({e.strerror}); choose another path") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,10 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume is not None:
             ckpt = load_checkpoint(args.resume)
             state = load_training_state(args.resume, dict(ckpt.net.named_parameters()))
-            keep = {"num_epochs": args.num_epochs, "out": args.out, "resume": args.resume}
+            keep = {"num_epochs": args.num_epochs or state.args["num_epochs"],
+                    "out": args.out or args.resume, "resume": args.resume}
             args = argparse.Namespace(**{**state.args, **keep})
             args.data = Path(args.data) if args.data else None
-            args.out = Path(args.out)
+        args.num_epochs = 500 if args.num_epochs is None else args.num_epochs
+        args.out = args.out or Path("runs/rnn")
         check_args(args)
         path = Path(args.data) if args.data else download_time_machine()
         text = read_text(path)
@@ -186,14 +192,20 @@ def main(argv: list[str] | None = None) -> int:
                   on_epoch=on_epoch, log=tqdm.write)
     except KeyboardInterrupt:
         bar.close()
+        if last.epoch == 0:
+            print("\ninterrupted before the first epoch ended; nothing to save", file=sys.stderr)
+            return 130
         save(last)
         print(f"\ninterrupted: saved the run after epoch {last.epoch} to {args.out}; "
               f"continue with: python train.py --resume {args.out}", file=sys.stderr)
         return 130
     except NonFiniteLossError as e:
         bar.close()
+        if last.epoch == 0:
+            print(f"error: {e}. No epoch finished with finite loss; nothing was saved.", file=sys.stderr)
+            return 3
         save(last)
-        print(f"error: {e}. The last good weights (epoch {last.epoch}) are in {args.out}.",
+        print(f"error: {e}. The last good weights (epoch {last.epoch}) are kept in {args.out}.",
               file=sys.stderr)
         return 3
     bar.close()

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Tests run many small models, often side by side on 2 cores: one intra-op thread each avoids
+# OpenMP spin-waiting that makes tiny models 50x slower under load (subprocesses inherit this).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DATA = Path(os.environ.get("TIMEMACHINE_TXT", ROOT.parent / "shared" / "data" / "timemachine.txt"))
