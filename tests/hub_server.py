@@ -139,12 +139,11 @@ class HubServer:
                 oid = repo.commits[oid].parent
             return out
 
-    def put_commit(self, repo_id: str, files: dict[str, bytes], *, owner: str | None = None,
-                   branch: str = "main", private: bool = False, message: str = "seed") -> str:
-        """Create the repo if needed and commit `files` on top of `branch` (test seeding)."""
+    def put_commit(self, repo_id: str, files: dict[str, bytes], branch: str = "main",
+                   message: str = "seed") -> str:
+        """Create the (public) repo if needed and commit `files` on top of `branch`: test seeding."""
         with self.lock:
-            repo = self.repos.get(repo_id) or self._create_repo(repo_id, owner or repo_id.split("/")[0],
-                                                                private)
+            repo = self.repos.get(repo_id) or self._create_repo(repo_id, repo_id.split("/")[0], False)
             parent = repo.branches.get(branch)
             tree = dict(repo.commits[parent].files) if parent else {}
             tree.update({p: StoredFile(d, _is_lfs(p)) for p, d in files.items()})
@@ -353,7 +352,7 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 existing = tree.get(f["path"])
                 out.append({"path": f["path"], "uploadMode": "lfs" if _is_lfs(f["path"]) else "regular",
                             "shouldIgnore": False, "oid": existing.oid if existing else None})
-            self._json(200, {"files": out, "commitOid": repo.branches.get(rev, rev)})
+            self._json(200, {"files": out})
 
         def lfs_batch(self, body: bytes, repo_id: str) -> None:
             with hub.lock:
