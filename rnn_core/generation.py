@@ -7,6 +7,10 @@ selects (exact: the other terms are zeros).
 """
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
+import math
 from typing import Iterator
 
 import torch
@@ -43,9 +47,13 @@ class Generator:
 
     def __init__(self, net: RNNModelScratch, vocab: Vocab, normalization: str = "book"):
         self.net, self.vocab, self.normalization = net, vocab, normalization
-        p = {name: t.detach() for name, t in net.named_parameters()}
+        p = {name: t.detach() for name, t in net.named_parameters()}  # no autograd recording
         self.W_xh, self.W_hh, self.b_h, self.W_hq, self.b_q = (
             p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"])
+        self.rows = list(self.W_xh.unbind(0))  # W_xh[idx], sliced once
+        new = functools.partial(torch.empty, dtype=self.W_hh.dtype, device=self.W_hh.device)
+        self._HW, self._A = new((1, net.num_hiddens)), new((1, net.num_hiddens))
+        self._Y = new((1, net.vocab_size))
         self.reset()
 
     def reset(self) -> None:
@@ -60,20 +68,26 @@ class Generator:
     def restore(self, snap: tuple[torch.Tensor, int | None]) -> None:
         self.H, self.last = snap[0].clone(), snap[1]
 
-    @torch.inference_mode()
-    def _step(self, idx: int) -> torch.Tensor:
-        """Read token `idx`; return the logits for the next one. Same op order as `rnn`."""
-        H = torch.mm(self.H, self.W_hh)
-        H = torch.tanh(self.W_xh[idx] + H + self.b_h)  # == mm(onehot, W_xh) + mm(H, W_hh) + b_h
-        self.H = H
-        return torch.mm(H, self.W_hq) + self.b_q
+    def _step(self, idx: int, logits: bool = True) -> torch.Tensor | None:
+        """Read token `idx`; return the logits for the next one (a reused buffer).
+
+        The book's `rnn` step, the same operations in the same order, so bit for bit the same
+        numbers: tanh((onehot W_xh + H W_hh) + b_h), then H W_hq + b_q. The one-hot product
+        is the row W_xh[idx] exactly; results go into preallocated buffers (`out=`).
+        """
+        torch.mm(self.H, self.W_hh, out=self._HW)
+        torch.add(self.rows[idx], self._HW, out=self._A).add_(self.b_h)
+        torch.tanh(self._A, out=self.H)
+        if not logits:
+            return None
+        return torch.mm(self.H, self.W_hq, out=self._Y).add_(self.b_q)
 
     def feed(self, text: str) -> str:
         """Normalise `text` as the training text was and read it; returns what was read."""
         text = normalize_prompt(text, self.normalization)
         for ch in text:
             if self.last is not None:
-                self._step(self.last)
+                self._step(self.last, logits=False)
             self.last = self.vocab[ch]
         return text
 
@@ -94,15 +108,23 @@ class Generator:
 
 def pick(logits: torch.Tensor, temperature: float, top_k: int,
          rng: torch.Generator | None = None) -> int:
-    """Choose the next token id from 1-D logits: argmax, or a (top-k) temperature sample."""
+    """Choose the next token id from 1-D logits: argmax, or a (top-k) temperature sample.
+
+    A sample draws one uniform number from `rng` and finds it among the cumulative weights
+    exp((z - max) / temperature) of the candidates (the `top_k` largest logits, or all): that
+    is softmax(z / temperature) sampling. On a few dozen logits plain Python is several times
+    faster than a chain of tiny tensor ops (bench/generation_latency.py).
+    """
     if temperature <= 0:
         return int(logits.argmax())
-    if 0 < top_k < logits.numel():
-        values, indices = torch.topk(logits, top_k)
-        probs = torch.softmax(values / temperature, dim=0)
-        return int(indices[torch.multinomial(probs, 1, generator=rng)])
-    probs = torch.softmax(logits / temperature, dim=0)
-    return int(torch.multinomial(probs, 1, generator=rng))
+    z = logits.tolist()
+    ids = range(len(z))
+    if 0 < top_k < len(z):
+        ids = sorted(ids, key=z.__getitem__, reverse=True)[:top_k]
+    top = max(z[i] for i in ids)
+    cumulative = list(itertools.accumulate(math.exp((z[i] - top) / temperature) for i in ids))
+    u = float(torch.rand((), generator=rng)) * cumulative[-1]
+    return ids[bisect.bisect_right(cumulative, u)]
 
 
 def generate_text(net: RNNModelScratch, vocab: Vocab, prefix: str, num_preds: int,

@@ -1,0 +1,152 @@
+"""Training throughput (tokens/sec) at the book's §8.5 settings, every contender in one run.
+
+Batch 32, 35 steps, 512 hidden units, V = 28, sequential partitioning of the first 10,000
+characters, full BPTT, the book's clipping (theta = 1) and SGD (lr 1), all through the book's
+`train_epoch_ch8` loop. Contenders:
+  seed     the seed notebook's scratch RNN (one-hot matmul per step, autograd through the loop)
+  nn.RNN   the book's concise model (§8.6: nn.RNN + nn.Linear, same hidden size), torch.optim.SGD
+  fast     rnn_core.fast.FastRNN, with each backend available (onednn, plain)
+and the machine's floor: the unavoidable sequential work of one minibatch, 2 x 35 products
+(32 x 512)·(512 x 512) plus tanh, timed alone (the faster of oneDNN-fused and torch.mm).
+
+Rounds are interleaved (one epoch of every contender per round, the same minibatches for all),
+the first rounds are warm-up, and ratios are taken within each round, then the median.
+
+    python bench/train_throughput.py              # 2 warm-up + 9 measured rounds
+    python bench/train_throughput.py --threads 1  # pin torch's thread count
+    python bench/train_throughput.py --quick      # smoke test: 1 + 2 rounds
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from common import machine_info, summary
+
+from rnn_core.data import download_time_machine, load_corpus, read_text, SeqDataLoader
+from rnn_core.fast import FastRNN, onednn_available
+from rnn_core.model import RNNModelScratch
+from rnn_core.training import make_updater, train_epoch_ch8
+
+BATCH, STEPS, HIDDEN, MAX_TOKENS, LR = 32, 35, 512, 10_000, 1.0
+
+
+class RNNModelConcise(nn.Module):
+    """The book's §8.6 `RNNModel` around `nn.RNN`, its state wrapped in a tuple like the
+    scratch model's so the same training loop drives both."""
+
+    def __init__(self, vocab_size: int, num_hiddens: int):
+        super().__init__()
+        self.rnn, self.vocab_size = nn.RNN(vocab_size, num_hiddens), vocab_size
+        self.linear = nn.Linear(num_hiddens, vocab_size)
+
+    def forward(self, inputs, state):
+        X = F.one_hot(inputs.T.long(), self.vocab_size).to(torch.float32)
+        Y, H = self.rnn(X, state[0])
+        return self.linear(Y.reshape((-1, Y.shape[-1]))), (H,)
+
+    def begin_state(self, batch_size, device):
+        return (torch.zeros((1, batch_size, self.rnn.hidden_size), device=device),)
+
+
+def contenders(vocab_size: int) -> dict:
+    """name -> (net, updater, forward); the scratch nets start from the same weights."""
+    out = {}
+    torch.manual_seed(0)
+    net = RNNModelScratch(vocab_size, HIDDEN)
+    out["seed (scratch, book)"] = (net, make_updater(net, "sgd", LR), None)
+    torch.manual_seed(0)
+    concise = RNNModelConcise(vocab_size, HIDDEN)
+    out["nn.RNN + nn.Linear"] = (concise, torch.optim.SGD(concise.parameters(), lr=LR), None)
+    for backend in (["onednn"] if onednn_available() else []) + ["plain"]:
+        torch.manual_seed(0)
+        net = RNNModelScratch(vocab_size, HIDDEN)
+        out[f"fast ({backend})"] = (net, make_updater(net, "sgd", LR), FastRNN(net, backend))
+    return out
+
+
+def floor_seconds(reps: int = 5) -> dict[str, float]:
+    """Seconds for 2 x STEPS products (BATCH x H)·(H x H) + tanh, best of `reps`, per method."""
+    h = torch.randn(BATCH, HIDDEN) * 0.1
+    W = torch.randn(HIDDEN, HIDDEN) * 0.01
+    methods = {"torch.mm + tanh": lambda: torch.tanh(torch.mm(h, W))}
+    if onednn_available():
+        op = torch.ops.mkldnn._linear_pointwise
+        methods["oneDNN, tanh fused"] = lambda: op(h, W, None, "tanh", [], "")
+    result = {}
+    for name, fn in methods.items():
+        for _ in range(10):
+            fn()
+        best = float("inf")
+        for _ in range(reps):
+            start = time.perf_counter()
+            for _ in range(2 * STEPS):
+                fn()
+            best = min(best, time.perf_counter() - start)
+        result[name] = best
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=9, help="measured rounds (one epoch each)")
+    p.add_argument("--warmup", type=int, default=2, help="rounds run first and not counted")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--data", default=None, help="the book's text (default: download and cache)")
+    p.add_argument("--max-tokens", type=int, default=MAX_TOKENS,
+                   help="characters of the text to train on (the book: 10000, 8 minibatches)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 1 warm-up + 2 rounds of 2 minibatches each")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds, args.warmup, args.max_tokens = 2, 1, 2 * BATCH * STEPS + STEPS + 1
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    text = read_text(args.data or download_time_machine())
+    corpus, vocab = load_corpus(text, "book", args.max_tokens)
+    train_iter = SeqDataLoader(corpus, BATCH, STEPS)
+    nets = contenders(len(vocab))
+    loss = nn.CrossEntropyLoss()
+
+    print("training throughput, book settings: batch 32, 35 steps, H 512, V 28, sequential, "
+          "BPTT + clipping + SGD")
+    print(machine_info())
+    speeds = {name: [] for name in nets}
+    ppl = {}
+    floors: dict[str, list[float]] = {}
+    for r in range(args.warmup + args.rounds):
+        for name, (net, updater, forward) in nets.items():
+            random.seed(r)  # the same minibatches for every contender in this round
+            ppl[name], speed = train_epoch_ch8(net, train_iter, loss, updater, "cpu", False,
+                                               forward)
+            if r >= args.warmup:
+                speeds[name].append(speed)
+        if r >= args.warmup:
+            for name, sec in floor_seconds().items():
+                floors.setdefault(name, []).append(BATCH * STEPS / sec)
+
+    seed, concise = speeds["seed (scratch, book)"], speeds["nn.RNN + nn.Linear"]
+    floor = max(floors.values(), key=statistics.median)
+    print(f"\n{'contender':<26} {'tokens/sec: median [min–max]':<36} {'x seed':>8} "
+          f"{'x nn.RNN':>9} {'of floor':>9} {'ppl':>7}")
+    for name, values in speeds.items():
+        vs_seed = statistics.median(v / s for v, s in zip(values, seed))
+        vs_rnn = statistics.median(v / c for v, c in zip(values, concise))
+        of_floor = statistics.median(v / f for v, f in zip(values, floor))
+        print(f"{name:<26} {summary(values):<36} {vs_seed:>7.2f}x {vs_rnn:>8.2f}x "
+              f"{of_floor:>8.0%} {ppl[name]:>7.2f}")
+    for name, values in floors.items():
+        print(f"{'floor: ' + name:<26} {summary(values):<36}")
+    print(f"\n(ppl: training perplexity of the last epoch, {args.warmup + args.rounds} epochs "
+          "from the same start; the scratch contenders see the same weights and minibatches)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,191 @@
+"""The fast training path computes what the book's scratch RNN computes, gradients included,
+through oneDNN where it exists and through plain torch.mm where it does not."""
+from __future__ import annotations
+
+import random
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from conftest import ROOT
+from rnn_core import fast
+from rnn_core.data import SeqDataLoader, load_corpus, read_text
+from rnn_core.fast import FastRNN, onednn_available
+from rnn_core.model import RNNModelScratch, rnn
+from rnn_core.training import make_updater, train_ch8
+
+BACKENDS = [pytest.param("onednn", marks=pytest.mark.skipif(
+    not onednn_available(), reason="this torch build has no oneDNN linear op")), "plain"]
+NAMES = ["logits", "H_T", "dH0", "W_xh", "W_hh", "b_h", "W_hq", "b_q"]
+
+
+def outputs_and_grads(forward, params, X, H0, wY, wH):
+    """Logits, final state, and the gradients of a loss that touches both outputs."""
+    for p in params:
+        p.grad = None
+    h0 = H0.clone().requires_grad_(True)
+    Y, (H_T,) = forward(X, (h0,))
+    ((Y * wY).sum() + (H_T * wH).sum()).backward()
+    return [Y.detach(), H_T.detach(), h0.grad] + [p.grad.clone() for p in params]
+
+
+def random_problem(V, H, B, T):
+    """A model with trained-like weights (W_hh entries ~ 1/sqrt(H), as in the bundled model,
+    so tanh is far from linear), token ids, a state, and weights for the loss."""
+    torch.manual_seed(0)
+    net = RNNModelScratch(V, H)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn_like(p) * (1 / H ** 0.5 if p.dim() == 2 else 0.1))
+    return (net, torch.randint(0, V, (B, T)), torch.randn(B, H) * 0.5,
+            torch.randn(T * B, V), torch.randn(B, H))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("V,H,B,T", [(28, 512, 32, 35), (7, 13, 3, 5), (28, 64, 1, 1)])
+def test_gradients_equal_autograd_on_the_scratch_math(backend, V, H, B, T):
+    """Against plain autograd through the book's `rnn`, run in float64 (the exact math):
+    every output and gradient within 1e-5 relative (L2) error."""
+    net, X, H0, wY, wH = random_problem(V, H, B, T)
+    params64 = [p.detach().double().requires_grad_(True) for p in net.params]
+
+    def book_rnn_float64(X, state):
+        return rnn(F.one_hot(X.T, V).double(), state, params64)
+
+    expected = outputs_and_grads(book_rnn_float64, params64, X, H0.double(), wY.double(),
+                                 wH.double())
+    got = outputs_and_grads(FastRNN(net, backend), net.params, X, H0, wY, wH)
+    for name, e, g in zip(NAMES, expected, got):
+        assert g.shape == e.shape and g.dtype == torch.float32, name
+        rel = float((g.double() - e).norm() / e.norm())
+        assert rel <= 1e-5, f"{name}: relative error {rel:.2e}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_buffers_are_reused_but_a_stale_backward_is_refused(backend):
+    torch.manual_seed(0)
+    net = RNNModelScratch(10, 16)
+    f = FastRNN(net, backend)
+    X = torch.randint(0, 10, (4, 6))
+    Y1, _ = f(X, net.begin_state(4))
+    ws = f.ws
+    Y2, _ = f(X, net.begin_state(4))
+    assert f.ws is ws and torch.equal(Y1, Y2)
+    with pytest.raises(RuntimeError, match="call backward before the next forward"):
+        Y1.sum().backward()
+    Y2.sum().backward()  # the latest forward is fine
+    assert net.W_hh.grad is not None
+    f(torch.randint(0, 10, (2, 3)), net.begin_state(2))  # another shape: new buffers
+    assert f.ws is not ws
+
+
+@pytest.fixture
+def fresh_detection():
+    """Re-run oneDNN detection inside the test, and again after it."""
+    fast.onednn_available.cache_clear()
+    yield
+    fast.onednn_available.cache_clear()
+
+
+def missing_op(monkeypatch):
+    monkeypatch.setattr(torch.ops, "mkldnn", object())  # a torch build without the namespace
+
+
+def raising_op(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("oneDNN: unsupported")
+    monkeypatch.setattr(torch.ops, "mkldnn", type("Ns", (), {"_linear_pointwise": broken})())
+
+
+def wrong_op(monkeypatch):
+    def wrong(x, w, b, attr, scalars, algorithm):
+        return torch.zeros(x.shape[0], w.shape[0])
+    monkeypatch.setattr(torch.ops, "mkldnn", type("Ns", (), {"_linear_pointwise": wrong})())
+
+
+def mkldnn_disabled(monkeypatch):
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+
+
+@pytest.mark.parametrize("breakage", [missing_op, raising_op, wrong_op, mkldnn_disabled])
+def test_without_a_working_onednn_op_the_plain_backend_is_used(monkeypatch, fresh_detection,
+                                                                breakage):
+    breakage(monkeypatch)
+    assert not onednn_available()
+    torch.manual_seed(0)
+    net = RNNModelScratch(28, 32)
+    f = FastRNN(net)
+    assert f.backend.name == "plain"
+    X = torch.randint(0, 28, (4, 5))
+    Y, _ = f(X, net.begin_state(4))
+    Y.sum().backward()
+    assert torch.allclose(Y, net(X, net.begin_state(4))[0], atol=1e-6)
+    with pytest.raises(RuntimeError, match="use backend='plain' or 'auto'"):
+        FastRNN(net, "onednn")
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear op")
+def test_auto_picks_onednn_where_it_works():
+    assert FastRNN(RNNModelScratch(28, 32)).backend.name == "onednn"
+    assert FastRNN(RNNModelScratch(28, 32).double()).backend.name == "plain"
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown backend 'mkl'"):
+        FastRNN(RNNModelScratch(5, 4), "mkl")
+
+
+@pytest.mark.parametrize("use_random_iter", [False, True])
+def test_training_with_the_fast_kernel_follows_the_book_run(data_path, use_random_iter):
+    """Same seed, same minibatches: the fast kernel's epochs track the book kernel's."""
+    corpus, vocab = load_corpus(read_text(data_path), "book", 3000)
+    runs = {}
+    for kernel in ("book", "fast"):
+        random.seed(0)
+        torch.manual_seed(0)
+        net = RNNModelScratch(len(vocab), 64)
+        history = train_ch8(net, SeqDataLoader(corpus, 8, 12, use_random_iter), vocab, 1.0, 6,
+                            "cpu", use_random_iter, log=lambda s: None, kernel=kernel)
+        runs[kernel] = ([h.ppl for h in history], net)
+    (ppl_book, net_book), (ppl_fast, net_fast) = runs["book"], runs["fast"]
+    assert ppl_book[-1] < ppl_book[0]  # it learned something
+    assert ppl_fast == pytest.approx(ppl_book, rel=1e-4)
+    for a, b in zip(net_book.params, net_fast.params):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_train_ch8_refuses_an_unknown_kernel():
+    net = RNNModelScratch(5, 4)
+    with pytest.raises(ValueError, match="unknown kernel 'turbo'"):
+        train_ch8(net, [], None, 1.0, 1, "cpu", kernel="turbo")
+
+
+def test_fast_kernel_with_adam_matches_book_kernel(data_path):
+    corpus, vocab = load_corpus(read_text(data_path), "book", 2000)
+    final = {}
+    for kernel in ("book", "fast"):
+        random.seed(1)
+        torch.manual_seed(1)
+        net = RNNModelScratch(len(vocab), 32)
+        updater = make_updater(net, "adam", 0.01)
+        history = train_ch8(net, SeqDataLoader(corpus, 4, 10), vocab, 0.01, 3, "cpu",
+                            updater=updater, log=lambda s: None, kernel=kernel)
+        final[kernel] = history[-1].ppl
+    assert final["fast"] == pytest.approx(final["book"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_book_run_with_the_fast_kernel_reaches_the_books_perplexity(data_path, tmp_path):
+    """`python train.py --kernel fast`, the book's §8.5 run: perplexity ≤ 1.3 at the end."""
+    proc = subprocess.run([sys.executable, "train.py", "--kernel", "fast", "--data", str(data_path),
+                           "--device", "cpu", "--out", str(tmp_path / "run")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("perplexity "))
+    ppl, speed = map(float, re.match(r"perplexity ([\d.]+), ([\d.]+) tokens/sec on cpu", line).groups())
+    assert ppl <= 1.3, proc.stdout[-3000:]
+    print(line)
