@@ -123,19 +123,21 @@ async def chat(message: str, length: float, temperature: float, top_k: float,
     """Continue this session's conversation with `message`; streams the reply so far (each
     partial a prefix of the next, the last one whole), as plain text."""
     session = session_of(session)
-    async for reply in _stream(session, message, length, temperature, top_k):
-        yield reply, session
+    async with aclosing(_stream(session, message, length, temperature, top_k)) as replies:
+        async for reply in replies:
+            yield reply, session
 
 
 async def respond(message, length, temperature, top_k, session):
     """The page's send: the conversation so far plus the growing reply; clears the box."""
     session = session_of(session)
     past, cleared = None, ""
-    async for _ in _stream(session, message, length, temperature, top_k):
-        if past is None:
-            past = history(session.turns[:-1])
-        yield past + history(session.turns[-1:]), cleared, session
-        cleared = gr.skip()
+    async with aclosing(_stream(session, message, length, temperature, top_k)) as replies:
+        async for _ in replies:
+            if past is None:
+                past = history(session.turns[:-1])
+            yield past + history(session.turns[-1:]), cleared, session
+            cleared = gr.skip()
 
 
 async def retry(length, temperature, top_k, session):
@@ -145,8 +147,9 @@ async def retry(length, temperature, top_k, session):
     if turn is None:
         yield [], gr.skip(), session
         return
-    async for update in respond(turn.message, length, temperature, top_k, session):
-        yield update[0], gr.skip(), session
+    async with aclosing(respond(turn.message, length, temperature, top_k, session)) as updates:
+        async for update in updates:
+            yield update[0], gr.skip(), session
 
 
 async def undo(session):

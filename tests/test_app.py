@@ -432,4 +432,6 @@ def test_soak_many_sessions_stay_correct_and_memory_stays_flat(app, tiny):
     for log in logs.values():
         replay(tiny, log)
     grown = (rss["end"] - rss["warm"]) / 2**20
+    print(f"soak: {sum(len(v) for v in logs.values())} turns, server memory "
+          f"{rss['warm'] >> 20} MB after warm-up, {rss['end'] >> 20} MB at the end")
     assert grown < 40, f"server memory grew {grown:.0f} MB after warm-up"
