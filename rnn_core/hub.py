@@ -75,15 +75,16 @@ def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
     folder = Path(_download(repo_id, CONFIG_NAME, revision)).parent  # .../snapshots/<commit sha>
     config = _validated(repo_id, folder, read_config)
     commit = folder.name
-    _download(repo_id, VOCAB_NAME, commit, revision)
+    asked = revision or "main"
+    _download(repo_id, VOCAB_NAME, commit, asked)
     V, H = config["vocab_size"], config["num_hiddens"]
     max_bytes = 4 * sum(math.prod(s) for s in param_shapes(V, H).values()) + HEADER_ALLOWANCE
-    info = _download(repo_id, WEIGHTS_NAME, commit, revision, dry_run=True)
+    info = _download(repo_id, WEIGHTS_NAME, commit, asked, dry_run=True)
     if not info.is_cached and info.file_size is not None and info.file_size > max_bytes:
         raise HubError(f"{repo_id}@{commit[:8]}/{WEIGHTS_NAME} is {info.file_size:,} bytes but "
                        f"vocab_size {V} and num_hiddens {H} need at most {max_bytes:,}; not downloading "
                        "it, the repo does not hold a usable checkpoint of this project")
-    _download(repo_id, WEIGHTS_NAME, commit, revision)
+    _download(repo_id, WEIGHTS_NAME, commit, asked)
     return folder
 
 

@@ -38,9 +38,8 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.png filter=lfs diff=lfs merge=lfs -text\n" \
-                b"*.bin filter=lfs diff=lfs merge=lfs -text\n*.pt filter=lfs diff=lfs merge=lfs -text\n"
 LFS_PATTERNS = ("*.safetensors", "*.png", "*.bin", "*.pt")
+GITATTRIBUTES = "".join(f"{pat} filter=lfs diff=lfs merge=lfs -text\n" for pat in LFS_PATTERNS).encode()
 
 
 def git_oid(data: bytes) -> str:

@@ -6,7 +6,6 @@ import os
 import pickle
 import secrets
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
