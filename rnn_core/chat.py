@@ -3,7 +3,7 @@
 The joining rule. A user message is normalised the way the model's training text was
 (`normalize_prompt`: for `book` models, runs of anything but letters become one space and
 letters are lowercased). It is appended to the transcript, preceded by a single space when the
-transcript is not empty and neither the transcript's end nor the message's start is a space.
+transcript is not empty and neither the transcript's end nor the message's start is whitespace.
 The reply then continues the text directly (the model decides whether it starts with a space),
 and the next message is joined by the same rule.
 
@@ -150,6 +150,7 @@ class ChatSession:
     def __init__(self, ckpt: Checkpoint, seed: int | None = None):
         self.rng = torch.Generator().manual_seed(
             seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+        self.turns: list[Turn] = []
         self.use(ckpt)
 
     def use(self, ckpt: Checkpoint) -> None:
@@ -157,7 +158,7 @@ class ChatSession:
         self.close()
         self.ckpt = ckpt
         self.gen = Generator(ckpt.net, ckpt.vocab, ckpt.normalization)
-        self.turns: list[Turn] = []
+        self.turns = []
 
     def reset(self) -> None:
         """New chat: zero state, empty transcript."""
@@ -172,7 +173,7 @@ class ChatSession:
 
     def close(self) -> None:
         """Stop the streaming turn, if any, at what has been streamed so far."""
-        if getattr(self, "turns", None):
+        if self.turns:
             self.turns[-1].open = False
 
     def start(self, message: str) -> Turn:
