@@ -7,7 +7,8 @@ characters, full BPTT, the book's clipping (theta = 1) and SGD (lr 1), all throu
   nn.RNN   the book's concise model (§8.6: nn.RNN + nn.Linear, same hidden size), torch.optim.SGD
   fast     rnn_core.fast.FastRNN, with each backend available (onednn, plain)
 and the machine's floor: the unavoidable sequential work of one minibatch, 2 x 35 products
-(32 x 512)·(512 x 512) plus tanh, timed alone (the faster of oneDNN-fused and torch.mm).
+(32 x 512)·(512 x 512) plus tanh, timed alone (the fastest of torch.mm, oneDNN with tanh
+fused, and oneDNN with the weight prepacked).
 
 Rounds are interleaved (one epoch of every contender per round, the same minibatches for all),
 the first rounds are warm-up, and ratios are taken within each round, then the median.
@@ -30,7 +31,7 @@ from torch.nn import functional as F
 from common import machine_info, summary
 
 from rnn_core.data import download_time_machine, load_corpus, read_text, SeqDataLoader
-from rnn_core.fast import FastRNN, onednn_available
+from rnn_core.fast import FastRNN, onednn_available, onednn_prepack_available
 from rnn_core.model import RNNModelScratch
 from rnn_core.training import make_updater, train_epoch_ch8
 
@@ -76,9 +77,13 @@ def floor_seconds(reps: int = 5) -> dict[str, float]:
     h = torch.randn(BATCH, HIDDEN) * 0.1
     W = torch.randn(HIDDEN, HIDDEN) * 0.01
     methods = {"torch.mm + tanh": lambda: torch.tanh(torch.mm(h, W))}
+    W_t = W.t().contiguous()  # (out, in), the layout oneDNN's linear takes
     if onednn_available():
         op = torch.ops.mkldnn._linear_pointwise
-        methods["oneDNN, tanh fused"] = lambda: op(h, W, None, "tanh", [], "")
+        methods["oneDNN, tanh fused"] = lambda: op(h, W_t, None, "tanh", [], "")
+    if onednn_prepack_available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(W_t, BATCH)
+        methods["oneDNN, prepacked"] = lambda: op(h, packed, None, "tanh", [], "")
     result = {}
     for name, fn in methods.items():
         for _ in range(10):

@@ -1,23 +1,26 @@
 """The fast training path: the book's RNN math with fewer, bigger and fused matrix products.
 
 `FastRNN(net)(X, state)` returns what `net(X, state)` returns (time-major logits and the new
-state) and its gradients, computed by a hand-written backward through time. What makes it fast
-(each measured in bench/train_throughput.py):
+state), and the same gradients, through a hand-written backward through time. The same
+arithmetic as the book's loop, arranged for the CPU (each choice measured, bench/README.md):
   * one product per time step, forward and backward. Forward multiplies
     Z_t = [H_t | onehot(x_t+1) | 1] by [W_hh; W_xh; b_h], so the input's one-hot product and
     the bias ride along, with tanh fused in; backward multiplies [dA_t+1 | dY_t] by
     [W_hh^T; W_hq^T], so the output layer's gradient rides along too;
   * the output layer is one product over all time steps, and all five weight gradients come
-    out of one large product over the minibatch;
-  * buffers are allocated once and reused (fresh multi-megabyte tensors every minibatch
-    page-fault: glibc serves them with mmap);
-  * on CPU the products go through oneDNN (`torch.ops.mkldnn._linear_pointwise`), which on
-    the AMD CPU we measured is about twice as fast as torch's default matmul, and fuses tanh.
-    That op is not a public API: `onednn_available()` probes it once, and the `plain` backend
-    (torch.mm, the same algorithm) is used where it is missing or does not apply (GPU, float64).
+    out of one large product over the minibatch (instead of 35 thin ones);
+  * per-step buffers are allocated once and reused, the per-step weights are prepacked once
+    per minibatch;
+  * on CPU the products go through oneDNN, which on the AMD CPU we measured is about twice as
+    fast as torch's default matmul (MKL), and fuses tanh. Those ops are not public API
+    (`torch.ops.mkldnn._linear_pointwise`, `_reorder_linear_weight`,
+    `torch.mkldnn_linear_backward_weights`): each is probed once, and what is missing falls
+    back to plain torch ops; the `plain` backend (torch.mm, the same algorithm) is used where
+    oneDNN does not apply (GPU, float64).
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 from typing import Callable, NamedTuple
 
@@ -29,24 +32,97 @@ BACKENDS = ("auto", "onednn", "plain")
 _ALIGN = 16  # pad the concatenated width to a multiple of 16 floats (one AVX-512 vector)
 
 
+def _mkldnn_op(name: str):
+    """torch.ops.mkldnn.<name>, or None where this torch build lacks it."""
+    return getattr(getattr(torch.ops, "mkldnn", None), name, None)
+
+
+def _probe(fn, *args) -> torch.Tensor | None:
+    try:
+        return fn(*args)
+    except (RuntimeError, AttributeError, TypeError):
+        return None
+
+
 @functools.cache
 def onednn_available() -> bool:
     """True when oneDNN's fused linear op exists here and computes what torch does."""
-    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    op = _mkldnn_op("_linear_pointwise")
     if op is None or not torch.backends.mkldnn.is_available():
         return False
-    try:
-        x, w = torch.randn(3, 5), torch.randn(4, 5)
-        fused = op(x, w, None, "tanh", [], "")
-    except (RuntimeError, AttributeError, TypeError):
+    x, w = torch.randn(3, 5), torch.randn(4, 5)
+    fused = _probe(op, x, w, None, "tanh", [], "")
+    return fused is not None and torch.allclose(fused, torch.tanh(x @ w.T), atol=1e-5)
+
+
+@functools.cache
+def onednn_prepack_available() -> bool:
+    """True when weights can be prepacked for oneDNN (another non-public op), and the fused
+    linear op gives the same result with them."""
+    reorder = _mkldnn_op("_reorder_linear_weight")
+    if not onednn_available() or reorder is None:
         return False
-    return torch.allclose(fused, torch.tanh(x @ w.T), atol=1e-5)
+    x, w = torch.randn(3, 5), torch.randn(4, 5)
+    packed = _probe(reorder, w, 3)
+    y = packed if packed is None else _probe(_linear_onednn, x, packed)
+    return y is not None and torch.equal(y, _linear_onednn(x, w))
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Ask glibc to serve allocations below 32 MB from its heap and keep freed memory.
+
+    oneDNN's weight-gradient op allocates megabytes of scratch on every call; by default glibc
+    maps those with mmap and unmaps them on free, so each call page-faults them back in (ten
+    times slower than the product itself, measured). Process-wide, and harmless for a
+    training process. False where the C library has no `mallopt` (not glibc).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20) and mallopt(M_TRIM_THRESHOLD, 128 << 20))
+
+
+def _weight_grad_plain(x: torch.Tensor, dy: torch.Tensor, w: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+    """x^T dy: the weight gradient of a linear layer (rows of x and dy are tokens)."""
+    return torch.mm(x.t(), dy)
+
+
+def _weight_grad_onednn(x: torch.Tensor, dy: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x^T dy through oneDNN's weight-gradient primitive, which reads both token-major
+    (no transposed copies). `w`: an mkldnn tensor of the result's shape (only its shape is
+    used)."""
+    grad, _ = torch.mkldnn_linear_backward_weights(x.to_mkldnn(), dy.to_mkldnn(), w, False)
+    return grad.to_dense()
+
+
+@functools.cache
+def onednn_weight_grad_available() -> bool:
+    """True when oneDNN's weight-gradient op works here (another non-public op) and glibc
+    can be told to keep its scratch memory (without that it is slower than torch.mm)."""
+    if not onednn_available() or not hasattr(torch, "mkldnn_linear_backward_weights"):
+        return False
+    x, dy = torch.randn(6, 5), torch.randn(6, 4)
+    w = _probe(lambda: torch.empty(5, 4).to_mkldnn())
+    grad = w if w is None else _probe(_weight_grad_onednn, x, dy, w)
+    return (grad is not None and torch.allclose(grad, x.T @ dy, atol=1e-5)
+            and keep_freed_memory())
 
 
 def _linear_onednn(x: torch.Tensor, w: torch.Tensor, tanh: bool = False) -> torch.Tensor:
-    """x @ w.T (then tanh), through oneDNN. x and w must be contiguous: oneDNN copies
-    other layouts first, and runs a slow reference kernel on some."""
+    """x @ w.T (then tanh), through oneDNN. x and w must be contiguous (or w prepacked):
+    oneDNN copies other layouts first, and runs a slow reference kernel on some."""
     return torch.ops.mkldnn._linear_pointwise(x, w, None, "tanh" if tanh else "none", [], "")
+
+
+def _pack_onednn(w: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """w in oneDNN's blocked layout for `batch_size` rows, so each product skips that reorder."""
+    if not onednn_prepack_available():
+        return w
+    return torch.ops.mkldnn._reorder_linear_weight(w, batch_size)
 
 
 def _linear_plain(x: torch.Tensor, w: torch.Tensor, tanh: bool = False) -> torch.Tensor:
@@ -55,14 +131,27 @@ def _linear_plain(x: torch.Tensor, w: torch.Tensor, tanh: bool = False) -> torch
     return y.tanh_() if tanh else y
 
 
+def _pack_plain(w: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return w
+
+
 class Backend(NamedTuple):
-    """How the products are computed: `linear(x, w, tanh=False)` = x @ w.T, then tanh."""
+    """How the products are computed: `linear(x, w, tanh=False)` = x @ w.T, then tanh;
+    `pack(w, batch_size)`: w prepared for many `linear` calls with that many rows;
+    `weight_grad(x, dy, w)` = x^T @ dy, w an mkldnn tensor of that shape (oneDNN only)."""
     name: str
     linear: Callable[..., torch.Tensor]
+    pack: Callable[[torch.Tensor, int], torch.Tensor]
+    weight_grad: Callable[..., torch.Tensor]
 
 
-ONEDNN = Backend("onednn", _linear_onednn)
-PLAIN = Backend("plain", _linear_plain)
+PLAIN = Backend("plain", _linear_plain, _pack_plain, _weight_grad_plain)
+
+
+def _onednn_backend() -> Backend:
+    fast_grad = onednn_weight_grad_available()
+    return Backend("onednn", _linear_onednn, _pack_onednn,
+                   _weight_grad_onednn if fast_grad else _weight_grad_plain)
 
 
 def pick_backend(backend: str, dtype: torch.dtype, device: torch.device) -> Backend:
@@ -74,7 +163,7 @@ def pick_backend(backend: str, dtype: torch.dtype, device: torch.device) -> Back
     if backend == "onednn" and not fits:
         raise RuntimeError("the oneDNN backend needs float32 on a CPU with torch's mkldnn ops; "
                            "use backend='plain' or 'auto'")
-    return ONEDNN if backend != "plain" and fits else PLAIN
+    return _onednn_backend() if backend != "plain" and fits else PLAIN
 
 
 class Workspace:
@@ -84,27 +173,34 @@ class Workspace:
     constant 1 that carries the biases, then zero padding.
     """
 
-    def __init__(self, T: int, B: int, H: int, V: int, dtype: torch.dtype, device: torch.device):
+    def __init__(self, be: Backend, T: int, B: int, H: int, V: int, dtype: torch.dtype,
+                 device: torch.device):
         self.key = (T, B, H, V, dtype, device)
         K = -(-(H + V + 1) // _ALIGN) * _ALIGN
         new = functools.partial(torch.zeros, dtype=dtype, device=device)
         self.Z = new((T + 1, B, K))   # Z[t] = [H_t | onehot(x_t+1) | 1 | 0]
         self.Z[:, :, H + V] = 1
         self.E = new((T + 1, B, K))   # E[t] = [dA_t+1 | dY_t | 0]: what flows back into step t
-        self.ZT = new((K, (T + 1) * B))  # Z and E transposed, for the weight-gradient product
-        self.ET = new((K, (T + 1) * B))
+        # oneDNN's weight-gradient op takes the result's shape as an mkldnn tensor
+        self.grad_shape = (torch.empty(K, K).to_mkldnn()
+                           if be.weight_grad is _weight_grad_onednn else None)
         self.D = new((T, B, H))       # 1 - H_t^2 for t = 1..T, the derivative of tanh
         self.W_in = new((H, K))       # [W_hh; W_xh; b_h]^T: A_t+1 = Z_t @ W_in.T
         self.W_out = new((V, K))      # [W_hq; 0; b_q]^T:    Y_t = Z_t @ W_out.T
         self.W_back = new((H, K))     # [W_hh^T; W_hq^T]^T: dH_t = E_t @ W_back.T
-        self.W_hh_T = new((H, H))     # staging for the transposed copy (the fast copy path)
+        self.W_hh_T = new((H, H))     # W_hh^T staged: torch's fast transpose wants a whole target
+        # Per-step views, made once: Z[t], its H_t part, E[t], its dA_t+1 part, D[t].
+        self.Z_t, self.E_t, self.D_t = self.Z.unbind(0), self.E.unbind(0), self.D.unbind(0)
+        self.H_t = [z[:, :H] for z in self.Z_t]
+        self.dA_t = [e[:, :H] for e in self.E_t]
         self.rows = torch.arange(T * B, device=device)
         self.tokens = torch.full((T * B,), H, device=device)  # one-hot columns now set
         self.calls = 0                # forward calls so far, to catch a stale backward
+        self.W_in_packed = self.W_back_packed = None
 
-    def load_weights(self, W_xh, W_hh, b_h, W_hq, b_q) -> None:
-        """Copy the five parameters into the concatenated layouts."""
-        H, V = self.key[2:4]
+    def load_weights(self, be: Backend, W_xh, W_hh, b_h, W_hq, b_q) -> None:
+        """Copy the five parameters into the concatenated layouts; pack the per-step ones."""
+        B, H, V = self.key[1:4]
         self.W_hh_T.copy_(W_hh.t())
         self.W_in[:, :H].copy_(self.W_hh_T)
         self.W_in[:, H:H + V].copy_(W_xh.t())
@@ -113,6 +209,8 @@ class Workspace:
         self.W_out[:, H + V].copy_(b_q)
         self.W_back[:, :H].copy_(W_hh)
         self.W_back[:, H:H + V].copy_(W_hq)
+        self.W_in_packed = be.pack(self.W_in, B)
+        self.W_back_packed = be.pack(self.W_back, B)
 
     def load_inputs(self, X: torch.Tensor, H0: torch.Tensor) -> None:
         """Write the one-hot inputs (time-major) and the initial state into Z."""
@@ -137,16 +235,16 @@ class _RNNFunction(torch.autograd.Function):
                 W_xh: torch.Tensor, W_hh: torch.Tensor, b_h: torch.Tensor,
                 W_hq: torch.Tensor, b_q: torch.Tensor):
         T, B, H = ws.key[:3]
-        Z = ws.Z
-        ws.load_weights(W_xh, W_hh, b_h, W_hq, b_q)
+        ws.load_weights(be, W_xh, W_hh, b_h, W_hq, b_q)
         ws.load_inputs(X, H0)
+        linear, Z_t, H_t, W_in = be.linear, ws.Z_t, ws.H_t, ws.W_in_packed
         for t in range(T):
-            Z[t + 1, :, :H].copy_(be.linear(Z[t], ws.W_in, tanh=True))
-        Y = be.linear(Z[1:].view(T * B, -1), ws.W_out)
+            H_t[t + 1].copy_(linear(Z_t[t], W_in, tanh=True))
+        Y = linear(ws.Z[1:].view(T * B, -1), ws.W_out)
         ws.calls += 1
         ctx.ws, ctx.be, ctx.call = ws, be, ws.calls
         ctx.set_materialize_grads(False)
-        return Y, Z[T, :, :H].clone()
+        return Y, H_t[T].clone()
 
     @staticmethod
     def backward(ctx, dY: torch.Tensor | None, dH_T: torch.Tensor | None):
@@ -161,19 +259,18 @@ class _RNNFunction(torch.autograd.Function):
             E[1:, :, H:H + V].zero_()
         else:
             E[1:, :, H:H + V].copy_(dY.view(T, B, V))
+        linear, E_t, dA_t, D_t, W_back = be.linear, ws.E_t, ws.dA_t, ws.D_t, ws.W_back_packed
         for t in range(T, 0, -1):
-            dH = be.linear(E[t], ws.W_back)
+            dH = linear(E_t[t], W_back)
             if t == T and dH_T is not None:
                 dH += dH_T
-            torch.mul(dH, D[t - 1], out=E[t - 1, :, :H])
-        dH0 = be.linear(E[0], ws.W_back) if ctx.needs_input_grad[3] else None
-        ws.ZT.copy_(Z.view((T + 1) * B, -1).t())
-        ws.ET.copy_(E.view((T + 1) * B, -1).t())
+            torch.mul(dH, D_t[t - 1], out=dA_t[t - 1])
+        dH0 = linear(E_t[0], W_back) if ctx.needs_input_grad[3] else None
         # Z^T E: rows [H_t | onehot | 1] meet columns [dA_t+1 | dY_t], so the blocks are the
         # gradients of [W_hh; W_xh; b_h] (first H columns) and [W_hq; -; b_q] (the next V).
-        dW = be.linear(ws.ZT[:H + V + 1], ws.ET[:H + V])
+        dW = be.weight_grad(Z.view((T + 1) * B, -1), E.view((T + 1) * B, -1), ws.grad_shape)
         return (None, None, None, dH0, dW[H:H + V, :H], dW[:H, :H], dW[H + V, :H],
-                dW[:H, H:], dW[H + V, H:])
+                dW[:H, H:H + V], dW[H + V, H:H + V])
 
 
 class FastRNN:
@@ -191,7 +288,7 @@ class FastRNN:
         B, T = X.shape
         key = (T, B, net.num_hiddens, net.vocab_size, net.W_hh.dtype, net.W_hh.device)
         if self.ws is None or self.ws.key != key:
-            self.ws = Workspace(*key)
+            self.ws = Workspace(self.backend, *key)
         Y, H = _RNNFunction.apply(self.ws, self.backend, X.to(net.W_hh.device), state[0],
                                   *net.params)
         return Y, (H,)

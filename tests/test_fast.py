@@ -86,9 +86,13 @@ def test_buffers_are_reused_but_a_stale_backward_is_refused(backend):
 @pytest.fixture
 def fresh_detection():
     """Re-run oneDNN detection inside the test, and again after it."""
-    fast.onednn_available.cache_clear()
+    probes = (fast.onednn_available, fast.onednn_prepack_available,
+              fast.onednn_weight_grad_available)
+    for probe in probes:
+        probe.cache_clear()
     yield
-    fast.onednn_available.cache_clear()
+    for probe in probes:
+        probe.cache_clear()
 
 
 def missing_op(monkeypatch):
@@ -126,6 +130,38 @@ def test_without_a_working_onednn_op_the_plain_backend_is_used(monkeypatch, fres
     assert torch.allclose(Y, net(X, net.begin_state(4))[0], atol=1e-6)
     with pytest.raises(RuntimeError, match="use backend='plain' or 'auto'"):
         FastRNN(net, "onednn")
+
+
+def no_prepack(monkeypatch):
+    ns = torch.ops.mkldnn
+    monkeypatch.setattr(torch.ops, "mkldnn", type("Ns", (), {
+        "_linear_pointwise": ns._linear_pointwise})())
+
+
+def broken_weight_grad(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("mkldnn_linear_backward_weights: unsupported")
+    monkeypatch.setattr(torch, "mkldnn_linear_backward_weights", broken)
+
+
+def no_mallopt(monkeypatch):
+    monkeypatch.setattr(fast, "keep_freed_memory", lambda: False)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear op")
+@pytest.mark.parametrize("breakage", [no_prepack, broken_weight_grad, no_mallopt])
+def test_onednn_backend_without_its_optional_ops_still_computes_the_same(
+        monkeypatch, fresh_detection, breakage):
+    """Prepacking and the weight-gradient op are optional extras (more non-public API):
+    without them the oneDNN backend uses plain weights and torch.mm for the gradient."""
+    net, X, H0, wY, wH = random_problem(11, 24, 3, 6)
+    expected = outputs_and_grads(FastRNN(net, "plain"), net.params, X, H0, wY, wH)
+    breakage(monkeypatch)
+    f = FastRNN(net, "onednn")
+    assert not (fast.onednn_prepack_available() and fast.onednn_weight_grad_available())
+    got = outputs_and_grads(f, net.params, X, H0, wY, wH)
+    for name, e, g in zip(NAMES, expected, got):
+        assert float((g - e).norm() / e.norm()) <= 1e-5, name
 
 
 @pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear op")
