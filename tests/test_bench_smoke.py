@@ -1,0 +1,65 @@
+"""Every bench script still runs: each in --quick mode, as a user runs it, printing its figures.
+No timing is asserted (these machines are noisy); the figures must be there and be numbers."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+NUM = r"[\d.]+"
+
+
+def bench(script: str, *args, timeout: float = 300) -> str:
+    proc = subprocess.run([sys.executable, f"bench/{script}", "--quick", *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert re.search(r"cores \d+ .*torch [\w.+]+ \| threads \d+", out), out  # machine info
+    return out
+
+
+def row(out: str, label: str) -> list[str]:
+    """The whitespace-separated fields after `label` on its line."""
+    line = next((l for l in out.splitlines() if l.startswith(label)), None)
+    assert line is not None, f"no {label!r} line in:\n{out}"
+    return line[len(label):].split()
+
+
+def test_train_throughput_prints_every_contender_and_the_floor(data_path):
+    out = bench("train_throughput.py", "--data", data_path)
+    for label in ("seed (scratch, book)", "nn.RNN + nn.Linear", "fast (plain)"):
+        fields = row(out, label)
+        assert re.fullmatch(NUM, fields[0]) and fields[-4].endswith("x"), fields  # tok/s, x seed
+        assert re.fullmatch(r"\d+%", fields[-2]), fields                          # of floor
+    assert row(out, "seed (scratch, book)")[-4] == "1.00x"
+    assert re.fullmatch(NUM, row(out, "floor: torch.mm + tanh")[0])
+
+
+def test_generation_latency_prints_both_modes_and_checks_greedy_equality():
+    out = bench("generation_latency.py")
+    assert "greedy outputs equal the book's predict_ch8" in out
+    for mode in ("greedy   ", "sampled (T="):
+        fields = row(out, mode)
+        numbers = [f for f in fields if re.fullmatch(NUM, f)]
+        assert len(numbers) >= 2 and fields[-1].endswith("x"), fields
+
+
+def test_serve_load_streams_from_the_real_app_without_errors():
+    out = bench("serve_load.py")
+    for n in ("1", "4"):
+        fields = next(l.split() for l in out.splitlines() if l.split()[:1] == [n])
+        n_, ttfc50, ttfc95, cps5, cps50, gap95, errors, srv_cpu, rss, cli_cpu = fields
+        assert errors == "0", out
+        assert all(re.fullmatch(NUM, f) for f in (ttfc50, ttfc95, cps5, cps50, gap95, rss))
+        assert srv_cpu.endswith("%") and cli_cpu.endswith("%")
+
+
+def test_startup_times_the_first_answer():
+    out = bench("startup.py")
+    for label in ("server answers", "first character", "first answer complete",
+                  "  import torch", "  import gradio", "  load the bundled model"):
+        assert re.fullmatch(NUM, row(out, label)[0]), label
