@@ -202,7 +202,9 @@ def load_checkpoint(folder: str | os.PathLike, device: torch.device | str = "cpu
     for name, t in tensors.items():
         if not torch.isfinite(t).all():
             raise CheckpointError(f"{folder / WEIGHTS_NAME}: {name} holds NaN or infinite values")
-    with torch.device("meta"):
+    # Built on the CPU (a few ms) with the caller's random stream left as it was: any op on
+    # the "meta" device first imports torch._dynamo (~1 s of start-up, bench/startup.py).
+    with torch.random.fork_rng(devices=[]):
         net = RNNModelScratch(V, H)
     net.load_state_dict(tensors, assign=True)
     net.to(device).eval().requires_grad_(False)
