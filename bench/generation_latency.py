@@ -26,6 +26,7 @@ from common import ROOT, machine_info, summary
 
 from rnn_core.checkpoint import load_checkpoint
 from rnn_core.generation import Generator, predict_ch8
+from rnn_core.model import RNNModelScratch
 
 PREFIX = "time traveller "
 
@@ -92,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     ckpt = load_checkpoint(args.model)
-    net, vocab = ckpt.net, ckpt.vocab
-    gen = Generator(net, vocab, ckpt.normalization)
+    vocab = ckpt.vocab
+    gen = Generator(ckpt.net, vocab, ckpt.normalization)
+    # The book's model holds its parameters with requires_grad=True (get_params), so its
+    # predict_ch8 records autograd as it goes: the same weights, as the book holds them.
+    net = RNNModelScratch(len(vocab), ckpt.net.num_hiddens)
+    net.load_state_dict(ckpt.net.state_dict())
 
     book_greedy = predict_ch8(PREFIX, args.chars, net, vocab, "cpu")
     ours_greedy = ours(gen, args.chars, 0.0, 0, None)

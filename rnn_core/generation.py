@@ -52,8 +52,9 @@ class Generator:
             p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"])
         self.rows = list(self.W_xh.unbind(0))  # W_xh[idx], sliced once
         new = functools.partial(torch.empty, dtype=self.W_hh.dtype, device=self.W_hh.device)
-        self._HW, self._A = new((1, net.num_hiddens)), new((1, net.num_hiddens))
+        self._next = new((1, net.num_hiddens))  # the next state, computed in place
         self._Y = new((1, net.vocab_size))
+        self._logits = self._Y.view(-1)
         self.reset()
 
     def reset(self) -> None:
@@ -69,18 +70,20 @@ class Generator:
         self.H, self.last = snap[0].clone(), snap[1]
 
     def _step(self, idx: int, logits: bool = True) -> torch.Tensor | None:
-        """Read token `idx`; return the logits for the next one (a reused buffer).
+        """Read token `idx`; return the 1-D logits for the next one (a reused buffer).
 
         The book's `rnn` step, the same operations in the same order, so bit for bit the same
         numbers: tanh((onehot W_xh + H W_hh) + b_h), then H W_hq + b_q. The one-hot product
-        is the row W_xh[idx] exactly; results go into preallocated buffers (`out=`).
+        is the row W_xh[idx] exactly (and addition commutes exactly); every result goes into
+        a preallocated buffer, in place where it can.
         """
-        torch.mm(self.H, self.W_hh, out=self._HW)
-        torch.add(self.rows[idx], self._HW, out=self._A).add_(self.b_h)
-        torch.tanh(self._A, out=self.H)
+        H = torch.mm(self.H, self.W_hh, out=self._next)
+        H.add_(self.rows[idx]).add_(self.b_h).tanh_()
+        self._next, self.H = self.H, H
         if not logits:
             return None
-        return torch.mm(self.H, self.W_hq, out=self._Y).add_(self.b_q)
+        torch.mm(H, self.W_hq, out=self._Y).add_(self.b_q)
+        return self._logits
 
     def feed(self, text: str) -> str:
         """Normalise `text` as the training text was and read it; returns what was read."""
@@ -101,7 +104,7 @@ class Generator:
         if self.last is None:
             raise ValueError("feed some text before generating; the model needs a first character")
         for _ in range(num_preds):
-            logits = self._step(self.last)[0]
+            logits = self._step(self.last)
             self.last = pick(logits, temperature, top_k, rng)
             yield self.vocab.idx_to_token[self.last]
 

@@ -1,5 +1,5 @@
-"""The fast training path computes what the book's scratch RNN computes, gradients included,
-through oneDNN where it exists and through plain torch.mm where it does not."""
+"""The fast paths compute what the book computes: training (gradients included) through oneDNN
+where it exists and plain torch.mm where it does not, and generation bit for bit."""
 from __future__ import annotations
 
 import random
@@ -13,8 +13,10 @@ from torch.nn import functional as F
 
 from conftest import ROOT
 from rnn_core import fast
+from rnn_core.checkpoint import load_checkpoint
 from rnn_core.data import SeqDataLoader, load_corpus, read_text
 from rnn_core.fast import FastRNN, onednn_available
+from rnn_core.generation import Generator, pick, predict_ch8
 from rnn_core.model import RNNModelScratch, rnn
 from rnn_core.training import make_updater, train_ch8
 
@@ -225,3 +227,40 @@ def test_book_run_with_the_fast_kernel_reaches_the_books_perplexity(data_path, t
     ppl, speed = map(float, re.match(r"perplexity ([\d.]+), ([\d.]+) tokens/sec on cpu", line).groups())
     assert ppl <= 1.3, proc.stdout[-3000:]
     print(line)
+
+
+# ---------------------------------------------------------------- generation
+
+def test_generator_steps_are_bit_for_bit_the_books_forward(bundled_checkpoint):
+    """Every logit and state of the fast generator equals the book's forward exactly, so
+    greedy generation is the book's predict_ch8 whatever the text."""
+    ckpt = load_checkpoint(bundled_checkpoint)
+    net, vocab = ckpt.net, ckpt.vocab
+    gen = Generator(net, vocab)
+    state, idx = net.begin_state(1), vocab["t"]
+    gen.feed("t")
+    for _ in range(120):
+        y, state = net(torch.tensor([[idx]]), state)
+        logits = gen._step(gen.last)
+        assert torch.equal(logits, y[0]) and torch.equal(gen.H, state[0])
+        idx = gen.last = int(y.argmax())
+    for prefix in ("time traveller", "the medical man said", "q", "zzz xq"):
+        gen.reset()
+        gen.feed(prefix)
+        assert prefix + "".join(gen.generate(200)) == predict_ch8(prefix, 200, net, vocab, "cpu")
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.5, 0), (1.3, 5), (0.8, 1)])
+def test_sampling_draws_from_the_softmax_of_the_top_k(temperature, top_k):
+    torch.manual_seed(0)
+    logits = torch.randn(28) * 2
+    allowed = (torch.topk(logits, top_k).indices if top_k else torch.arange(28)).tolist()
+    probs = torch.zeros(28)
+    probs[allowed] = torch.softmax(logits[allowed] / temperature, 0)
+    rng = torch.Generator().manual_seed(1)
+    n = 20000
+    counts = torch.bincount(torch.tensor([pick(logits, temperature, top_k, rng)
+                                          for _ in range(n)]), minlength=28)
+    assert set(counts.nonzero().flatten().tolist()) <= set(allowed)
+    # each frequency within 5 standard errors of its probability
+    assert torch.all((counts / n - probs).abs() <= 5 * (probs * (1 - probs) / n).sqrt() + 1e-9)
