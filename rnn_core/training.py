@@ -122,8 +122,8 @@ def train_ch8(net: RNNModelScratch, train_iter: Iterable, vocab: Vocab, lr: floa
               log: Callable[[str], None] = print, kernel: str = "book") -> list[EpochResult]:
     """The book's `train_ch8`, plus optional validation, resume (`start_epoch`, `updater`),
     a per-epoch callback and a choice of training kernel: `book` runs the book's forward and
-    autograd, `fast` the same math through `fast.FastRNN` (same gradients, several times the
-    tokens/sec). Prints what the book prints through `log`.
+    autograd, `fast` the same math through `fast.FastRNN` (the same gradients up to float
+    rounding, about twice the tokens/sec on CPU). Prints what the book prints through `log`.
 
     Raises NonFiniteLossError when an epoch's loss is NaN or infinite.
     """

@@ -6,8 +6,6 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 from conftest import ROOT
 
 NUM = r"[\d.]+"
