@@ -83,7 +83,8 @@ def make_model_card(config: dict, sample: str, model_ref: str = "path/to/checkpo
     V, H = config["vocab_size"], config["num_hiddens"]
     return ModelCard.from_template(
         card_data, template_str=TEMPLATE, model_name=model_ref,
-        optimizer=t.get("optimizer", "sgd").upper(), num_hiddens=H, vocab_size=V,
+        optimizer={"adam": "Adam"}.get(t.get("optimizer"), "the book's SGD"),
+        num_hiddens=H, vocab_size=V,
         normalization=config.get("normalization"), num_params=f"{V * H * 2 + H * H + H + V:,}",
         data_name=data_name, num_tokens=_fmt(t.get("num_train_tokens")),
         data_sha1=t.get("data_sha1", "?"), num_epochs=_fmt(t.get("num_epochs")),
