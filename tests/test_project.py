@@ -32,3 +32,13 @@ def test_bundled_model_is_small_safetensors_with_its_command():
     assert (folder / "model.safetensors").stat().st_size < 5 * 2 ** 20
     assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
     assert "python train.py --max-tokens 0 --val-fraction" in (folder / "README.md").read_text()
+
+
+def test_bundled_model_reads_like_the_book(bundled_checkpoint, data_path):
+    from rnn_core import generate_text, load_checkpoint
+    from rnn_core.data import normalize_text, read_text
+    book_words = set(normalize_text(read_text(data_path).replace("\n", " "), "book").split())
+    ckpt = load_checkpoint(bundled_checkpoint)
+    for prefix in ("the time machine", "i saw", "the morlocks"):
+        words = generate_text(ckpt.net, ckpt.vocab, prefix, 300, ckpt.normalization).split()[1:-1]
+        assert sum(w in book_words for w in words) / len(words) >= 0.8, words
