@@ -9,6 +9,7 @@ The conversation logic lives in rnn_core/chat.py; this file is the page and its 
 """
 from __future__ import annotations
 
+import gc
 import html
 import os
 import re
@@ -30,7 +31,14 @@ CHECKPOINTS = ROOT / "checkpoints"
 BUNDLED = CHECKPOINTS / "timemachine-rnn512"
 EXAMPLES = ["time traveller", "the medical man", "it was a strange thing", "the machine"]
 CHAT_CONCURRENCY = 256   # streams are async and cheap; pacing keeps the update rate bounded
+SESSION_TTL = 3600       # seconds a conversation is kept after its last message
+SESSIONS_KEPT = 1000     # Gradio's per-visitor records (about 40 kB each), least recent dropped
 MODELS = ModelCache(load_model, capacity=4)
+# After every event Gradio rebuilds a pandas summary of up to 10,000 past events for a monitoring
+# page this app does not enable: ~10 ms of the server's one thread per reply once thousands have
+# been served. Keep fewer records and summarise rarely (the environment can still override).
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
 
 
 def startup_model() -> tuple[Checkpoint, str | None]:
@@ -121,23 +129,26 @@ async def _stream(session: ChatSession, message, length, temperature, top_k):
 async def chat(message: str, length: float, temperature: float, top_k: float,
                session: ChatSession | None):
     """Continue this session's conversation with `message`; streams the reply so far (each
-    partial a prefix of the next, the last one whole), as plain text."""
+    partial a prefix of the next, the last one whole), as plain text. The session is stored
+    with the first update only (it changes in place; storing it costs Gradio work per update)."""
     session = session_of(session)
+    stored = session
     async with aclosing(_stream(session, message, length, temperature, top_k)) as replies:
         async for reply in replies:
-            yield reply, session
+            yield reply, stored
+            stored = gr.skip()
 
 
 async def respond(message, length, temperature, top_k, session):
     """The page's send: the conversation so far plus the growing reply; clears the box."""
     session = session_of(session)
-    past, cleared = None, ""
+    past, cleared, stored = None, "", session
     async with aclosing(_stream(session, message, length, temperature, top_k)) as replies:
         async for _ in replies:
             if past is None:
                 past = history(session.turns[:-1])
-            yield past + history(session.turns[-1:]), cleared, session
-            cleared = gr.skip()
+            yield past + history(session.turns[-1:]), cleared, stored
+            cleared = stored = gr.skip()
 
 
 async def retry(length, temperature, top_k, session):
@@ -149,7 +160,7 @@ async def retry(length, temperature, top_k, session):
         return
     async with aclosing(respond(turn.message, length, temperature, top_k, session)) as updates:
         async for update in updates:
-            yield update[0], gr.skip(), session
+            yield update[0], gr.skip(), update[2]
 
 
 async def undo(session):
@@ -202,7 +213,7 @@ so each reply follows everything said before. It reads only the characters its t
 def build() -> gr.Blocks:
     vocab_size = len(DEFAULT.vocab)
     with gr.Blocks(title="Time Machine char-RNN") as demo:
-        session = gr.State(None)
+        session = gr.State(None, time_to_live=SESSION_TTL)
         gr.Markdown(INTRO)
         if NOTICE:
             gr.Markdown(f"⚠️ {md_escape(NOTICE)}", elem_id="notice")
@@ -262,8 +273,10 @@ def build() -> gr.Blocks:
         api_button = gr.Button(visible=False)
         api_button.click(chat, [message, *settings], [reply, session], api_name="chat",
                          concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat",
-                         preprocess=False)
-    demo.queue(max_size=2048)
+                         preprocess=False, postprocess=False)  # the reply is plain text
+    # Queue positions are sent once a second, not to every waiting visitor whenever any event
+    # starts ("auto"): that is N² messages when N sessions arrive together.
+    demo.queue(max_size=2048, status_update_rate=1)
     return demo
 
 
@@ -271,6 +284,11 @@ demo = build()
 
 if __name__ == "__main__":
     torch.set_num_threads(1)  # one batch-1 step is far too small to split across threads
+    # The ~350k objects of Gradio, torch and the model live as long as the server: keep them
+    # out of the garbage collector's full passes (~200 ms each, stalling every stream).
+    gc.collect()
+    gc.freeze()
     # Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT. Gradio runs at most
     # max_threads events at once whatever their concurrency limits, so it is raised to match.
-    demo.launch(css=CSS, theme=gr.themes.Soft(), max_threads=CHAT_CONCURRENCY + 16)
+    demo.launch(css=CSS, theme=gr.themes.Soft(), max_threads=CHAT_CONCURRENCY + 16,
+                state_session_capacity=SESSIONS_KEPT)

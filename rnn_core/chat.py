@@ -27,7 +27,7 @@ import re
 import threading
 import time
 import unicodedata
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator
@@ -218,14 +218,45 @@ class Pace:
     """How replies reach the page: characters are generated as they fall due at
     `chars_per_second` and sent in coalesced updates. The pause between updates grows with
     the number of streams in flight (so the server's update rate stays near
-    `updates_per_second`) but stays within [min_interval, max_interval]."""
+    `updates_per_second`) but stays within [min_interval, max_interval].
+
+    A stream's first update goes out at once. While sessions arrive in a burst, streams
+    already running pause `burst_interval` between updates instead: admitting a session costs
+    the server's one thread several milliseconds of Gradio's work, and each update of a running
+    stream about half a millisecond, so the newcomers' first characters go first. A burst
+    begins when `burst_starts` streams start within `burst_window` seconds and lasts while
+    streams keep starting less than `burst_window` apart (admissions slow down as the server
+    fills up, so a burst is not left on rate alone). Characters keep falling due during the
+    pause, so a stream's characters per second do not change."""
     chars_per_second: float = 60.0
     min_interval: float = 0.04
     max_interval: float = 0.07
     updates_per_second: float = 1200.0
+    burst_starts: int = 8
+    burst_window: float = 0.1
+    burst_interval: float = 0.25
     active: int = 0
+    starts: deque = field(default_factory=deque, repr=False)   # start times within the window
+    burst_until: float = 0.0
+
+    def start(self) -> None:
+        """A stream begins."""
+        now = time.monotonic()
+        self.active += 1
+        self.starts.append(now)
+        while self.starts[0] < now - self.burst_window:
+            self.starts.popleft()
+        if len(self.starts) >= self.burst_starts or now < self.burst_until:
+            self.burst_until = now + self.burst_window
+
+    def stop(self) -> None:
+        """A stream ends."""
+        self.active -= 1
 
     def interval(self) -> float:
+        """Seconds until a running stream's next update."""
+        if time.monotonic() < self.burst_until:
+            return self.burst_interval
         return min(self.max_interval, max(self.min_interval, self.active / self.updates_per_second))
 
 
@@ -240,7 +271,7 @@ async def stream_reply(session: ChatSession, message: str, settings: Settings,
     state consistent with what was shown."""
     turn = session.start(message)
     chars = session.reply(turn, settings)
-    pace.active += 1
+    pace.start()
     try:
         start, sent = time.monotonic(), 0
         while turn.open and sent < settings.length:
@@ -251,7 +282,7 @@ async def stream_reply(session: ChatSession, message: str, settings: Settings,
             if sent < settings.length:
                 await asyncio.sleep(pace.interval())
     finally:
-        pace.active -= 1
+        pace.stop()
         turn.open = False
 
 
