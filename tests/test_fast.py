@@ -254,7 +254,8 @@ def test_generator_steps_are_bit_for_bit_the_books_forward(bundled_checkpoint):
 def test_sampling_draws_from_the_softmax_of_the_top_k(temperature, top_k):
     torch.manual_seed(0)
     logits = torch.randn(28) * 2
-    allowed = (torch.topk(logits, top_k).indices if top_k else torch.arange(28)).tolist()
+    # every token but '<unk>' (index 0), which is never drawn
+    allowed = (torch.topk(logits[1:], top_k).indices + 1 if top_k else torch.arange(1, 28)).tolist()
     probs = torch.zeros(28)
     probs[allowed] = torch.softmax(logits[allowed] / temperature, 0)
     rng = torch.Generator().manual_seed(1)
