@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import pytest
 import torch
@@ -316,3 +317,39 @@ def test_pace_interval_grows_with_load_within_bounds():
     assert pace.interval() == pytest.approx(0.06)
     pace.active = 10_000
     assert pace.interval() == 0.07
+
+
+def test_pace_holds_running_streams_while_a_burst_arrives():
+    pace = Pace(min_interval=0.04, max_interval=0.07, burst_starts=4, burst_window=0.5,
+                burst_interval=0.25)
+    for _ in range(3):
+        pace.start()
+    assert pace.interval() == 0.04            # three starts are not a burst
+    pace.start()
+    assert pace.interval() == 0.25            # the fourth within the window is
+    time.sleep(0.3)
+    pace.start()                              # a later start extends the burst
+    time.sleep(0.3)
+    assert pace.interval() == 0.25
+    time.sleep(0.3)
+    assert pace.interval() == 0.04            # no start for a whole window: over
+    assert pace.active == 5
+    for _ in range(5):
+        pace.stop()
+    assert pace.active == 0
+
+
+def test_first_update_is_immediate_even_during_a_burst():
+    pace = Pace(chars_per_second=1000, burst_starts=1, burst_interval=5.0)
+    session = ChatSession(BOOK)
+
+    async def first_update():
+        start = time.monotonic()
+        stream = stream_reply(session, "time", Settings(50, 0.0, 0), pace)
+        first = await stream.__anext__()
+        elapsed = time.monotonic() - start
+        await stream.aclose()
+        return first, elapsed
+
+    first, elapsed = asyncio.run(first_update())
+    assert first and elapsed < 0.5 and pace.active == 0
