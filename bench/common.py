@@ -1,4 +1,5 @@
-"""Shared by the bench scripts: machine description, summaries, and the repo on sys.path."""
+"""Shared by the bench scripts: machine description, summaries, a process's memory over
+time, and the repo on sys.path."""
 from __future__ import annotations
 
 import datetime
@@ -6,6 +7,8 @@ import os
 import platform
 import statistics
 import sys
+import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,3 +52,32 @@ def percentile(values: list[float], q: float) -> float:
     k = (len(xs) - 1) * q / 100
     lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+class RssSampler:
+    """A process's resident memory, sampled every `every` seconds on a thread while in use:
+    `samples` as (seconds since start, bytes), and the `peak`."""
+
+    def __init__(self, proc, every: float = 0.05):
+        self.proc, self.every = proc, every
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def peak(self) -> int:
+        return max((rss for _, rss in self.samples), default=0)
+
+    def _run(self):
+        start = time.monotonic()
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic() - start, self.proc.memory_info().rss))
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()

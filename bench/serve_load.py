@@ -21,38 +21,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import threading
 import time
 
 import psutil
 
-from common import ROOT, machine_info, percentile
+from common import ROOT, RssSampler, machine_info, percentile
 from sse_client import (chat_endpoint, free_port, get_config, start_app, stop_app,
                         stream_chat, wait_ready)
 
 MESSAGES = ["time traveller", "the medical man", "it was a strange thing", "the machine",
             "he said", "the psychologist", "we were", "filby"]
-
-
-class Sampler:
-    """Peak RSS of a process, sampled every 50 ms on a thread."""
-
-    def __init__(self, proc: psutil.Process):
-        self.proc, self.peak, self._stop = proc, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            self._stop.wait(0.05)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 async def level(port: int, prefix: str, fn_index: int, n: int, args):
@@ -66,7 +44,7 @@ async def level(port: int, prefix: str, fn_index: int, n: int, args):
 def run_level(port, prefix, fn_index, server: psutil.Process, n, args) -> dict:
     me = psutil.Process()
     cpu0, mine0, t0 = server.cpu_times(), me.cpu_times(), time.perf_counter()
-    with Sampler(server) as rss:
+    with RssSampler(server) as rss:
         streams = asyncio.run(level(port, prefix, fn_index, n, args))
     wall = time.perf_counter() - t0
     cpu1, mine1 = server.cpu_times(), me.cpu_times()

@@ -85,9 +85,10 @@ def _apply(text: str, value) -> str:
 
 
 async def stream_chat(host: str, port: int, api_prefix: str, fn_index: int, inputs: list,
-                      timeout: float = 120.0) -> Stream:
-    """Send one chat request and read its stream to the end."""
-    session_hash = uuid.uuid4().hex[:12]
+                      timeout: float = 120.0, session_hash: str | None = None) -> Stream:
+    """Send one request to the event `fn_index` and read its stream to the end. Requests
+    with the same `session_hash` share a visitor's state (a new one each call by default)."""
+    session_hash = session_hash or new_session_hash()
     result, start = Stream(), time.perf_counter()
     writer = None
     try:
@@ -129,6 +130,10 @@ async def stream_chat(host: str, port: int, api_prefix: str, fn_index: int, inpu
     return result
 
 
+def new_session_hash() -> str:
+    return uuid.uuid4().hex[:12]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -140,18 +145,25 @@ def get_config(port: int, timeout: float = 1.0) -> dict:
         return json.load(r)
 
 
+def endpoint(config: dict, api_name: str = "chat") -> tuple[str, int]:
+    """(api_prefix, fn_index) of the app's API endpoint `/{api_name}`."""
+    for dep in config["dependencies"]:
+        if dep.get("api_name") == api_name:
+            return config.get("api_prefix", ""), dep["id"]
+    raise SystemExit(f"the app has no /{api_name} endpoint")
+
+
 def chat_endpoint(config: dict) -> tuple[str, int]:
     """(api_prefix, fn_index) of the app's `/chat` API."""
-    for dep in config["dependencies"]:
-        if dep.get("api_name") == "chat":
-            return config.get("api_prefix", ""), dep["id"]
-    raise SystemExit("the app has no /chat endpoint")
+    return endpoint(config, "chat")
 
 
-def start_app(port: int, app: str | os.PathLike = ROOT / "app.py") -> subprocess.Popen:
-    """`python app.py` on `port`, its output discarded."""
+def start_app(port: int, app: str | os.PathLike = ROOT / "app.py",
+              **env: str) -> subprocess.Popen:
+    """`python app.py` on `port` (with extra environment variables `env`), its output
+    discarded."""
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "GRADIO_ANALYTICS_ENABLED": "False"}
+           "GRADIO_ANALYTICS_ENABLED": "False", **env}
     app = Path(app).resolve()
     return subprocess.Popen([sys.executable, str(app)], cwd=app.parent, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -24,8 +24,8 @@ import torch
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from bench.conversations import continuation, random_message, random_settings, replay
 from hub_server import HubServer
-from rnn_core.chat import join_separator
 from rnn_core.checkpoint import MODEL_FILES, load_checkpoint, save_checkpoint
 from rnn_core.data import Vocab, normalize_prompt
 from rnn_core.generation import predict_ch8
@@ -99,27 +99,6 @@ def plain(markdown: str) -> str:
 def checkpoint_files(folder: Path) -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in (*MODEL_FILES, "README.md")
             if (folder / name).is_file()}
-
-
-def continuation(ckpt, text: str, n: int) -> str:
-    """The book's greedy predict_ch8 after `text`: what a carried state must reproduce.
-    (predict_ch8 returns the prefix as tokens, so an unknown character comes back '<unk>'.)"""
-    prefix = "".join(ckpt.vocab.to_tokens(ckpt.vocab[list(text)]))
-    return predict_ch8(text, n, ckpt.net, ckpt.vocab, "cpu")[len(prefix):]
-
-
-def replay(ckpt, turns: list[tuple[str | None, str]]) -> None:
-    """Check a conversation offline: each greedy reply continues the whole joined transcript;
-    a None message marks a new chat."""
-    transcript = ""
-    for message, reply in turns:
-        if message is None:
-            transcript = ""
-            continue
-        m = normalize_prompt(message, ckpt.normalization)
-        transcript += join_separator(transcript, m) + m
-        assert reply == continuation(ckpt, transcript, len(reply)), (message, transcript[-80:])
-        transcript += reply
 
 
 def other_model(folder: Path) -> Path:
@@ -379,20 +358,10 @@ def test_html_and_control_characters_come_back_as_plain_text(app, tiny):
 
 # ---------------------------------------------------------------- soak
 
-WORDS = ("time traveller machine psychologist medical man weena morlocks sphinx filby the of and "
-         "it was a strange thing dimension future").split()
-ODDITIES = ("", "!", " ", "  ", ",", "😀", "\u202e", "e\u0301", "\x00", "<b>", "\t")
-
-
-def random_message(rng: random.Random) -> str:
-    words = [rng.choice(WORDS).capitalize() if rng.random() < 0.2 else rng.choice(WORDS)
-             for _ in range(rng.randint(1, 4))]
-    return rng.choice(ODDITIES) + " ".join(words) + rng.choice(ODDITIES)
-
-
 def test_soak_many_sessions_stay_correct_and_memory_stays_flat(app, tiny):
-    """16 concurrent sessions for about 20 s: random messages, lengths and top-k, greedy so
-    every transcript can be replayed offline; occasional new chats."""
+    """16 concurrent sessions for about 20 s: random messages, lengths, temperatures and
+    top-k (greedy about 40% of the time), occasional new chats; every transcript replayed
+    offline (the long version: bench/soak.py)."""
     sessions, seconds = 16, 20.0
     process = psutil.Process(app.proc.pid)
     logs: dict[int, list] = {}
@@ -407,15 +376,16 @@ def test_soak_many_sessions_stay_correct_and_memory_stays_flat(app, tiny):
             while time.monotonic() - start < seconds:
                 if rng.random() < 0.1:
                     client.predict(api_name="/new_chat")
-                    log.append((None, ""))
+                    log.append((None, "", True))
                     continue
                 message = random_message(rng)
-                job = client.submit(message, rng.randint(1, 120), 0, rng.randint(0, 30),
-                                    api_name="/chat")
+                length, temperature, top_k = random_settings(rng, len(tiny.vocab), 120)
+                job = client.submit(message, length, temperature, top_k, api_name="/chat")
                 partials = list(job)
                 reply = job.result()
                 assert all(b.startswith(a) for a, b in zip(partials, partials[1:]))
-                log.append((message, reply))
+                assert len(reply) == length
+                log.append((message, reply, temperature == 0))
         except Exception as e:  # collected and reported below
             errors.append(f"session {i}: {type(e).__name__}: {e}")
 
@@ -428,9 +398,9 @@ def test_soak_many_sessions_stay_correct_and_memory_stays_flat(app, tiny):
         t.join(seconds + 60)
     rss["end"] = process.memory_info().rss
     assert not errors, errors[:3]
-    assert sum(1 for log in logs.values() for m, _ in log if m) >= sessions * 5
-    for log in logs.values():
-        replay(tiny, log)
+    assert sum(1 for log in logs.values() for m, *_ in log if m) >= sessions * 5
+    after_sampled = sum(replay(tiny, log)[1] for log in logs.values())
+    assert after_sampled >= sessions, "too few greedy turns follow sampled ones to check"
     grown = (rss["end"] - rss["warm"]) / 2**20
     print(f"soak: {sum(len(v) for v in logs.values())} turns, server memory "
           f"{rss['warm'] >> 20} MB after warm-up, {rss['end'] >> 20} MB at the end")

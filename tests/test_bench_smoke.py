@@ -61,3 +61,14 @@ def test_startup_times_the_first_answer():
     for label in ("server answers", "first character", "first answer complete",
                   "  import torch", "  import gradio", "  load the bundled model"):
         assert re.fullmatch(NUM, row(out, label)[0]), label
+
+
+def test_soak_replays_every_session_and_watches_memory():
+    out = bench("soak.py")
+    assert re.search(r"^turns: \d+ \(\d+ greedy, \d+ sampled\)", out, re.M), out
+    assert "errors: 0" in out
+    checked = re.search(r"replay: (\d+) greedy replies equal .* (\d+) of them after sampled "
+                        r"replies\); 0 sessions differ", out)
+    assert checked and int(checked[1]) > 0, out
+    assert re.search(rf"server RSS: {NUM} MB at start, {NUM} MB after", out), out
+    assert "memory: flat after warm-up" in out and out.rstrip().endswith("soak passed")
