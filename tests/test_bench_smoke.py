@@ -67,7 +67,7 @@ def test_soak_replays_every_session_and_watches_memory():
     out = bench("soak.py")
     assert re.search(r"^turns: \d+ \(\d+ greedy, \d+ sampled\)", out, re.M), out
     assert "errors: 0" in out
-    checked = re.search(r"replay: (\d+) greedy replies equal .* (\d+) of them after sampled "
+    checked = re.search(r"replay: (\d+) greedy replies equal .* \((\d+) of them after sampled "
                         r"replies\); 0 sessions differ", out)
     assert checked and int(checked[1]) > 0, out
     assert re.search(rf"server RSS: {NUM} MB at start, {NUM} MB after", out), out
