@@ -286,7 +286,6 @@ if __name__ == "__main__":
     torch.set_num_threads(1)  # one batch-1 step is far too small to split across threads
     # The ~350k objects of Gradio, torch and the model live as long as the server: keep them
     # out of the garbage collector's full passes (~200 ms each, stalling every stream).
-    gc.collect()
     gc.freeze()
     # Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT. Gradio runs at most
     # max_threads events at once whatever their concurrency limits, so it is raised to match.
