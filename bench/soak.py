@@ -12,7 +12,7 @@ runs --sessions conversations at once for --seconds, then stops by itself and ch
 Each session keeps its Gradio session (as a browser tab or gradio_client does) and starts a
 new chat now and then. Exits 1 if a check fails. The short version is in tests/test_app.py.
 
-    python bench/soak.py                        # 64 sessions for 180 s
+    python bench/soak.py                        # 64 sessions for 180 s (~5 min with the replay)
     python bench/soak.py --seconds 600
     python bench/soak.py --quick                # smoke test: 8 sessions for 8 s
 """
