@@ -26,8 +26,7 @@ import time
 import psutil
 
 from common import ROOT, RssSampler, machine_info, percentile
-from sse_client import (chat_endpoint, free_port, get_config, start_app, stop_app,
-                        stream_chat, wait_ready)
+from sse_client import chat_endpoint, connect_app, stop_app, stream_chat
 
 MESSAGES = ["time traveller", "the medical man", "it was a strange thing", "the machine",
             "he said", "the psychologist", "we were", "filby"]
@@ -86,15 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         args.sessions, args.length = "1,4", 30
     levels = [int(n) for n in args.sessions.split(",")]
 
-    proc = None
-    if args.port:
-        port, server = args.port, psutil.Process(args.server_pid or None)
-        config = get_config(port)
-    else:
-        port = free_port()
-        proc = start_app(port, args.app)
-        config = wait_ready(proc, port)
-        server = psutil.Process(proc.pid)
+    port, server, proc, config = connect_app(args.port, args.server_pid, args.app)
     try:
         prefix, fn_index = chat_endpoint(config)
         arrival = f"arriving over {args.ramp:g} s" if args.ramp else "arriving at once"

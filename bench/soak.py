@@ -25,12 +25,9 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-import psutil
-
 from common import ROOT, RssSampler, machine_info, percentile
 from conversations import Turn, random_message, random_settings, replay
-from sse_client import (endpoint, free_port, get_config, new_session_hash, start_app, stop_app,
-                        stream_chat, wait_ready)
+from sse_client import connect_app, endpoint, new_session_hash, stop_app, stream_chat
 
 from rnn_core.checkpoint import load_checkpoint
 
@@ -122,15 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup = args.warmup or min(60.0, args.seconds / 3)
     ckpt = load_checkpoint(args.model)
 
-    proc = None
-    if args.port:
-        port, server = args.port, psutil.Process(args.server_pid or None)
-        config = get_config(port)
-    else:
-        port = free_port()
-        proc = start_app(port, ROOT / "app.py", RNN_MODEL=args.model)
-        config = wait_ready(proc, port)
-        server = psutil.Process(proc.pid)
+    port, server, proc, config = connect_app(args.port, args.server_pid, ROOT / "app.py",
+                                             RNN_MODEL=args.model)
     args.chat_endpoint, args.new_chat_endpoint = endpoint(config, "chat"), endpoint(config,
                                                                                    "new_chat")
     print(f"soak: {args.sessions} sessions for {args.seconds:g} s against "

@@ -22,6 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from common import ROOT
 
 
@@ -180,6 +182,18 @@ def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 60.0) -> dict
         except OSError:
             time.sleep(0.02)
     raise SystemExit(f"app.py did not answer on port {port} within {timeout:.0f} s")
+
+
+def connect_app(port: int = 0, server_pid: int = 0, app: str | os.PathLike = ROOT / "app.py",
+                **env: str) -> tuple[int, psutil.Process, subprocess.Popen | None, dict]:
+    """A running app on `port` (its process `server_pid`), or a fresh one started on a free
+    port: (port, server process, the Popen to stop or None, its config)."""
+    if port:
+        return port, psutil.Process(server_pid or None), None, get_config(port)
+    port = free_port()
+    proc = start_app(port, app, **env)
+    config = wait_ready(proc, port)
+    return port, psutil.Process(proc.pid), proc, config
 
 
 def stop_app(proc: subprocess.Popen) -> None:
