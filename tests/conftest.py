@@ -13,16 +13,28 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-DATA = Path(os.environ.get("TIMEMACHINE_TXT", ROOT.parent / "shared" / "data" / "timemachine.txt"))
+SHARED_DATA = ROOT.parent / "shared" / "data" / "timemachine.txt"
 
 
 @pytest.fixture(scope="session")
 def data_path() -> Path:
-    """`../shared/data/timemachine.txt` (or $TIMEMACHINE_TXT); fails, never skips, if absent."""
-    if not DATA.is_file():
-        pytest.fail(f"test data missing: expected the book's text at {DATA} "
-                    "(../shared/data/timemachine.txt beside the checkout, or set TIMEMACHINE_TXT)")
-    return DATA
+    """The book's text: $TIMEMACHINE_TXT if set, else `../shared/data/timemachine.txt` beside the
+    checkout, else the project's own sha1-checked download into its cache (a fresh clone).
+    Where none of these works the suite fails with one line saying where the file is expected;
+    it never skips."""
+    from rnn_core.data import DataError, cache_dir, download_time_machine
+    if os.environ.get("TIMEMACHINE_TXT"):
+        path = Path(os.environ["TIMEMACHINE_TXT"])
+        if not path.is_file():
+            pytest.fail(f"test data missing: TIMEMACHINE_TXT={path} is not a file", pytrace=False)
+        return path
+    if SHARED_DATA.is_file():
+        return SHARED_DATA
+    try:
+        return download_time_machine()
+    except DataError as e:
+        pytest.fail(f"test data missing: the book's text is expected at {SHARED_DATA} or in "
+                    f"{cache_dir()}/timemachine.txt, and downloading it failed ({e})", pytrace=False)
 
 
 @pytest.fixture(scope="session")
