@@ -172,23 +172,35 @@ def push_checkpoint(folder: str | os.PathLike, repo_id: str, *, private: bool = 
     except NETWORK_ERRORS as e:
         raise HubError(f"push to {repo_id} failed before uploading ({_reason(e)}); nothing was "
                        "pushed") from None
+    return commit_on(api, repo_id, ops, message, branch, before)
+
+
+def commit_on(api: HfApi, repo_id: str, ops: list, message: str, branch: str, parent: str,
+              repo_type: str | None = None) -> CommitInfo:
+    """One commit on top of `parent`, the commit the push started from: if anyone else pushed
+    to the branch meanwhile, the Hub refuses it and HubError says so (nothing is overwritten)."""
     try:
-        return api.create_commit(repo_id, ops, commit_message=message, revision=revision)
+        return api.create_commit(repo_id, ops, commit_message=message, revision=branch,
+                                 parent_commit=parent, repo_type=repo_type)
     except (*NETWORK_ERRORS, RuntimeError, ValueError) as e:
-        raise HubError(f"push to {repo_id}@{branch} failed ({_reason(e)}); "
-                       f"{_state_after_failure(api, repo_id, branch, before)}") from None
-
-
-def _state_after_failure(api: HfApi, repo_id: str, branch: str, before: str) -> str:
-    """What a failed push left on the Hub, checked rather than assumed."""
-    try:
-        now = api.repo_info(repo_id, revision=branch).sha
-    except NETWORK_ERRORS:
-        return (f"could not check {repo_id} afterwards; a commit is all or nothing, so the branch "
-                f"holds either its previous commit {before[:8]} or the whole new one")
-    if now == before:
-        return f"nothing was pushed, {repo_id}@{branch} is still at {before[:8]}"
-    return f"{repo_id}@{branch} moved from {before[:8]} to {now[:8]}; check it before pushing again"
+        raced = isinstance(e, HfHubHTTPError) and e.response.status_code in (409, 412)
+        try:
+            now = api.repo_info(repo_id, revision=branch, repo_type=repo_type).sha
+        except NETWORK_ERRORS:
+            now = None
+        where = f"{repo_id}@{branch}"
+        if raced and now not in (None, parent):
+            raise HubError(f"push to {where} refused: another push moved it from {parent[:8]} to "
+                           f"{now[:8]} while this one ran; nothing of this push was committed. "
+                           "Check that commit, then push again if yours should replace it") from None
+        if now is None:
+            state = (f"could not check {repo_id} afterwards; a commit is all or nothing, so the "
+                     f"branch holds either its previous commit {parent[:8]} or the whole new one")
+        elif now == parent:
+            state = f"nothing was pushed, {where} is still at {parent[:8]}"
+        else:
+            state = f"{where} moved from {parent[:8]} to {now[:8]}; check it before pushing again"
+        raise HubError(f"push to {where} failed ({_reason(e)}); {state}") from None
 
 
 def _reason(e: BaseException) -> str:

@@ -114,10 +114,13 @@ def test_train_then_push_then_pull_by_repo_id(hub, env, tmp_path, data_path):
     meta = card.data.to_dict()
     assert meta["library_name"] == "pytorch" and meta["license"] == "mit"
     assert {"char-rnn", "d2l", "text-generation"} <= set(meta["tags"])
-    assert meta["datasets"] == ["time-machine"]
+    assert meta["pipeline_tag"] == "text-generation"
+    assert "datasets" not in meta  # the training text is a local file, not a Hub dataset id
     metric = meta["model-index"][0]["results"][0]["metrics"][0]
     assert metric["type"] == "perplexity" and metric["value"] > 1
-    assert f"--model {USER}/trained" in card.text and f'load_model("{USER}/trained")' in card.text
+    assert card.data.eval_results[0].metric_value == metric["value"]
+    assert f"--model {USER}/trained" in card.text and f'CharRNN.load("{USER}/trained")' in card.text
+    assert "https://d2l.ai/" in card.text and "Code: " in card.text
 
     written = [p.read_bytes() for p in out.iterdir()] + list(files.values())
     assert not any(TOKEN.encode() in data for data in written)  # not in the card, config, state
@@ -189,6 +192,35 @@ def test_failed_push_leaves_the_previous_commit(hub, env, mode, tiny_checkpoint,
     after = pushed_sha(run(retry[1:], env))
     assert after != before and hub.head(repo) == after
     assert hub.files(repo)[weights] == (other_checkpoint / weights).read_bytes()
+
+
+# --- two pushes at once --------------------------------------------------------------------
+
+def test_a_push_that_raced_another_fails_and_the_first_stays(hub, env, tiny_checkpoint,
+                                                             other_checkpoint):
+    """Two pushes read the same branch head; the server holds both commits until both have
+    arrived, then takes them in turn: the first lands, the second is refused (it names the new
+    commit), and the repo holds exactly the first push's files."""
+    repo = f"{USER}/race"
+    start = hub.put_commit(repo, {"README.md": b"an older model"})
+    hub.gate("commit", 2)
+    cmds = [[sys.executable, "train.py", "--push-only", str(folder), "--push-to-hub", repo]
+            for folder in (other_checkpoint, tiny_checkpoint)]
+    procs = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for c in cmds]
+    results = [subprocess.CompletedProcess(c, p.wait(timeout=180), *p.communicate()) for c, p in
+               zip(cmds, procs)]
+    won = [r for r in results if r.returncode == 0]
+    lost = [r for r in results if r.returncode != 0]
+    assert len(won) == 1 and len(lost) == 1, [(r.returncode, r.stderr[-300:]) for r in results]
+    first = pushed_sha(won[0])
+    assert TOKEN not in lost[0].stdout + lost[0].stderr
+    msg = one_line_error(lost[0])
+    assert (f"push to {repo}@main refused: another push moved it from {start[:8]} to {first[:8]}"
+            in msg and "nothing of this push was committed" in msg), msg
+    assert hub.head(repo) == first and [c.oid for c in hub.history(repo)][:2] == [first, start]
+    winner = Path(won[0].args[3])
+    assert hub.files(repo)["model.safetensors"] == (winner / "model.safetensors").read_bytes()
 
 
 # --- offline -------------------------------------------------------------------------------
