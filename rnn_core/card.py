@@ -1,7 +1,14 @@
 """The model card (README.md of a checkpoint): YAML metadata the Hub indexes, plus prose."""
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+from pathlib import Path
+
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+BOOK_URL = "https://d2l.ai/chapter_recurrent-neural-networks/rnn-scratch.html"
 
 TEMPLATE = """---
 {{ card_data }}
@@ -39,16 +46,19 @@ truncated backpropagation through time, gradient clipping and {{ optimizer }}.
 
 ## How to use
 
-```bash
-pip install -r requirements.txt   # from the project that trained it
-python -m rnn_core generate --model {{ model_ref }} --prefix "time traveller" --num-preds 50
-python -m rnn_core generate --model {{ model_ref }} --prefix "the time" --temperature 0.8 --top-k 5 --seed 0
-```
+The model is the book's ([§8.5]({{ book_url }})). Its weights load with this project's
+library, `rnn_core`, which checks every file before use. Code: {{ code }}.
 
 ```python
-from rnn_core import load_model, generate_text
-ckpt = load_model("{{ model_ref }}")
-print(generate_text(ckpt.net, ckpt.vocab, "time traveller", 50, ckpt.normalization))
+from rnn_core import CharRNN
+rnn = CharRNN.load("{{ model_ref }}")   # or revision="main", a tag, a commit sha
+print(rnn.generate("time traveller", 50))                # greedy: the book's predict_ch8
+print(rnn.generate("the time", 50, temperature=0.8, top_k=5, seed=0))   # sampled
+print(rnn.perplexity("the time traveller smiled"))       # 1 = perfect prediction
+```
+
+```bash
+rnn-core generate --model {{ model_ref }} --prefix "time traveller" --num-preds 50
 ```
 
 The weights (`model.safetensors`: float32 `W_xh`, `W_hh`, `b_h`, `W_hq`, `b_q`) also drop
@@ -61,6 +71,21 @@ def _fmt(x) -> str:
     return "—" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
 
 
+def code_url() -> str | None:
+    """Where the code that makes and loads these models is published: $RNN_CORE_CODE_URL, else
+    the https form of this checkout's `origin` remote; None when neither is known."""
+    url = os.environ.get("RNN_CORE_CODE_URL", "").strip()
+    if not url:
+        try:
+            url = subprocess.run(["git", "remote", "get-url", "origin"], capture_output=True,
+                                 text=True, timeout=10, cwd=Path(__file__).parent).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+        url = re.sub(r"^(?:ssh://)?git@([^:/]+)[:/]", r"https://\1/", url).removesuffix(".git")
+        url = re.sub(r"//[^/@]+@", "//", url)  # never publish credentials embedded in a remote
+    return url if url.startswith("https://") else None
+
+
 def make_model_card(config: dict, sample: str, model_ref: str = "path/to/checkpoint") -> ModelCard:
     """Build the card from a checkpoint's config; `model_ref` is how users will load it."""
     t = config.get("training", {})
@@ -68,14 +93,18 @@ def make_model_card(config: dict, sample: str, model_ref: str = "path/to/checkpo
     split = "validation" if t.get("best_val_ppl") else "train"
     data_name = t.get("data_name", "unknown text")
     card_data = ModelCardData(
+        # "pytorch": the framework the weights are for. No library the Hub integrates (such as
+        # transformers) can load them, so naming one would promise a snippet that fails; the
+        # card's own example shows the code that does.
         library_name="pytorch",
         license="mit",
         language=["en"] if config.get("normalization") == "book" else None,
         pipeline_tag="text-generation",
         tags=["char-rnn", "d2l", "rnn", "text-generation", "from-scratch", "safetensors"],
-        datasets=["time-machine"] if "timemachine" in data_name else None,
+        # No `datasets:` list: the training text is a local file, not a Hub dataset, and the
+        # Hub would link any id listed there. The file's name and sha1 are in the table below.
         model_name=model_ref,
-        eval_results=[EvalResult(task_type="text-generation", dataset_type="text",
+        eval_results=[EvalResult(task_type="text-generation", dataset_type=data_name,
                                  dataset_name=data_name, dataset_split=split,
                                  metric_type="perplexity", metric_name=f"{split} perplexity",
                                  metric_value=round(float(metric), 4))] if metric else None,
@@ -95,4 +124,6 @@ def make_model_card(config: dict, sample: str, model_ref: str = "path/to/checkpo
         val_ppl=(f"{_fmt(t.get('final_val_ppl'))} final, {_fmt(t.get('best_val_ppl'))} best"
                  if t.get("best_val_ppl") else "— (no validation split)"),
         speed=_fmt(t.get("tokens_per_sec")), device=t.get("device", "?"),
-        sample=sample, command=t.get("command", "python train.py"), model_ref=model_ref)
+        sample=sample, command=t.get("command", "python train.py"), model_ref=model_ref,
+        book_url=BOOK_URL, code=f"<{url}> (`pip install git+{url}`)" if (url := code_url()) else
+        "not published at a public URL when this card was made (`pip install .` in the project)")
