@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import html
+import logging
 import os
 import re
 from contextlib import aclosing
@@ -34,6 +35,9 @@ CHAT_CONCURRENCY = 256   # streams are async and cheap; pacing keeps the update 
 SESSION_TTL = 3600       # seconds a conversation is kept after its last message
 SESSIONS_KEPT = 1000     # Gradio's per-visitor records (about 40 kB each), least recent dropped
 MODELS = ModelCache(load_model, capacity=4)
+# Which model is served and why, and every refused load, go to stderr (a Space's logs).
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+log = logging.getLogger("app")
 # After every event Gradio rebuilds a pandas summary of up to 10,000 past events for a monitoring
 # page this app does not enable: ~10 ms of the server's one thread per reply once thousands have
 # been served. Keep fewer records and summarise rarely (the environment can still override).
@@ -49,11 +53,17 @@ def startup_model() -> tuple[Checkpoint, str | None]:
     notice = None
     if ref:
         try:
-            return MODELS.get(ref, revision), None
+            ckpt = MODELS.get(ref, revision)
+            log.info("serving RNN_MODEL=%r at revision %r (commit %s)", ref, revision or "main",
+                     ckpt.commit or "local folder")
+            return ckpt, None
         except Exception as e:  # any failure: serve the bundled model and say why
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             notice = (f"Could not load RNN_MODEL={ref}{'@' + revision if revision else ''} "
                       f"({reason}). Serving the bundled model instead.")
+            log.warning("refused RNN_MODEL=%r at revision %r: %s", ref, revision or "main", reason)
+    log.info("serving the bundled model %s (%s)", BUNDLED.relative_to(ROOT),
+             "RNN_MODEL could not be loaded" if ref else "RNN_MODEL is not set")
     try:
         return MODELS.get(str(BUNDLED), None), notice
     except CheckpointError as e:
@@ -189,6 +199,8 @@ async def load_other_model(ref, revision, session):
         ref, revision = resolve_model_ref(ref, revision, CHECKPOINTS)
         ckpt = await anyio.to_thread.run_sync(MODELS.get, ref, revision)
     except (ChatError, CheckpointError) as e:
+        log.warning("refused a model load for one session (%r at revision %r): %s", ref,
+                    revision, e)
         raise refused(e, "Model not loaded: ") from None
     session.use(ckpt)
     vocab_size = len(ckpt.vocab)
