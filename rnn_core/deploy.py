@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, SpaceCard, constants, get_token
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import disable_progress_bars, validate_repo_id
+from huggingface_hub.utils import disable_progress_bars
 
 from .checkpoint import CARD_NAME, CheckpointError, load_checkpoint
-from .hub import NETWORK_ERRORS, PUSHED_FILES, HubError, _reason, commit_on, load_model
+from .hub import NETWORK_ERRORS, PUSHED_FILES, HubError, _reason, check_repo_id, commit_on, load_model
 
 SDK = "gradio"
 REQUIREMENTS = ("requirements.txt", "pre-requirements.txt")  # Spaces installs pre- first
@@ -62,16 +61,6 @@ def project_root() -> Path:
             return root
     raise DeployError("deploy uploads this project's app.py, rnn_core/ and checkpoints/, and "
                       "none are here: run it from inside a clone of the project")
-
-
-def check_space_id(space: str) -> str:
-    try:
-        validate_repo_id(space)
-    except HFValidationError:
-        space = ""
-    if space.count("/") != 1:
-        raise DeployError("deploy needs a Space id like you/name (letters, digits, '-', '_', '.')")
-    return space
 
 
 def lfs_patterns(root: Path) -> list[str]:
@@ -196,7 +185,7 @@ def upload(api: HfApi, plan: Plan, private: bool) -> tuple[str, bool]:
 def deploy(space: str, model: str | None = None, revision: str | None = None, *,
            private: bool = False, dry_run: bool = False, out=print) -> Plan:
     """The whole command; `out` receives the lines to show (the Space URL last)."""
-    space = check_space_id(space)
+    space = check_repo_id(space, "deploy needs a Space id")
     token = get_token()
     if token is None and not dry_run:
         raise DeployError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then deploy again")

@@ -129,14 +129,20 @@ def _download(repo_id: str, filename: str, revision: str | None, asked: str | No
                        "try again") from None
 
 
-def check_push_target(repo_id: str, token: str | None = None) -> None:
-    """Refuse a malformed repo id or a missing token before any work (or training) starts."""
+def check_repo_id(repo_id: str, what: str = "--push-to-hub needs a repo id") -> str:
+    """Refuse anything but "owner/name" (what the Hub accepts as a repo id)."""
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
         repo_id = ""
     if repo_id.count("/") != 1:
-        raise HubError("--push-to-hub needs a repo id like user/name (letters, digits, '-', '_', '.')")
+        raise HubError(f"{what} like user/name (letters, digits, '-', '_', '.')")
+    return repo_id
+
+
+def check_push_target(repo_id: str, token: str | None = None) -> None:
+    """Refuse a malformed repo id or a missing token before any work (or training) starts."""
+    check_repo_id(repo_id)
     if (token or get_token()) is None:
         raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again")
 

@@ -43,9 +43,9 @@ def free_port() -> int:
 
 
 class AppServer:
-    """`python app.py` on a free loopback port (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)."""
+    """`python app.py` (in `cwd`) on a free loopback port (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)."""
 
-    def __init__(self, log_dir: Path, **env: str):
+    def __init__(self, log_dir: Path, cwd: Path = ROOT, **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log_dir / f"app-{self.port}.log"
@@ -55,7 +55,7 @@ class AppServer:
         for key in [k for k, v in env.items() if v is None]:
             full_env.pop(key)
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full_env,
+            self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=cwd, env=full_env,
                                          stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

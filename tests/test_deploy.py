@@ -6,18 +6,16 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
-from gradio_client import Client
+from gradio_client.exceptions import AppError
 from huggingface_hub import HfApi, SpaceCard
 
 from hub_server import HubServer
+from test_app import AppServer
 from rnn_core.checkpoint import load_checkpoint
 from rnn_core.data import normalize_prompt
 from rnn_core.generation import predict_ch8
@@ -131,22 +129,20 @@ def test_deploy_then_the_simulated_space_serves_the_pinned_model(hub, env, tmp_p
                                                            local_dir=folder)
     assert {p.relative_to(folder).as_posix() for p in folder.rglob("*")
             if p.is_file() and ".cache" not in p.parts} == expected_files()
-    space_env = {k: v for k, v in env.items() if k != "HF_TOKEN"}  # a public model: no token
-    space_env.pop("PYTHONPATH", None)
-    app = SpaceApp(folder, tmp_path, {**space_env, **variables(hub, space),
-                                      "HF_HOME": str(tmp_path / "space-hf-home")})
+    app = AppServer(tmp_path, cwd=folder, **variables(hub, space), HF_ENDPOINT=hub.url,
+                    HF_HOME=str(tmp_path / "space-hf-home"), HF_TOKEN=None, PYTHONPATH=None)
     try:
-        client = Client(app.url, verbose=False)
+        client = app.client()
         pushed = load_checkpoint(tiny_checkpoint)  # the bytes the model repo holds at `sha`
         assert hub.files(MODEL, sha)["model.safetensors"] == (tiny_checkpoint / "model.safetensors").read_bytes()
         message = normalize_prompt("Time traveller", pushed.normalization)
         reply = client.predict("Time traveller", 60, 0.0, 0, api_name="/chat")
         assert reply == predict_ch8(message, 60, pushed.net, pushed.vocab, "cpu")[len(message):]
-        with pytest.raises(Exception):
+        with pytest.raises(AppError):
             client.predict(f"{USER}/missing", "", api_name="/load_model")
-        log = app.stop()
     finally:
         app.stop()
+    log = app.output()
     assert f"serving RNN_MODEL='{MODEL}' at revision '{sha}'" in log
     assert f"refused a model load for one session ('{USER}/missing'" in log
     assert TOKEN not in log
@@ -226,44 +222,3 @@ def test_refuses_files_over_the_limits(hub, env, tmp_path):
     msg = refused(deploy(env, f"{USER}/big", cwd=copy))
     assert "over the 1 GB a Space may store" in msg
     assert writes(hub, n) == [] and f"{USER}/big" not in hub.spaces
-
-
-# ---------------------------------------------------------------- the simulated Space
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class SpaceApp:
-    """`python app.py` started in a Space's folder, as the Hub starts a Gradio Space."""
-
-    def __init__(self, folder: Path, log_dir: Path, env: dict[str, str]):
-        port = free_port()
-        self.url, self.log = f"http://127.0.0.1:{port}", log_dir / "space-app.log"
-        env = {**env, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-               "GRADIO_ANALYTICS_ENABLED": "False"}
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=folder, env=env,
-                                         stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if httpx.get(self.url + "/config", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.25)
-        self.stop()
-        raise RuntimeError(f"the Space's app.py did not start:\n{self.log.read_text()}")
-
-    def stop(self) -> str:
-        """Stop the app (once); its output so far."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.log.read_text(errors="replace")
