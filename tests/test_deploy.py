@@ -187,7 +187,7 @@ def test_deploy_without_model_serves_the_bundled_one(hub, env):
     ([f"{USER}/s2", "--model", f"{USER}/missing"], f"--model {USER}/missing cannot be served (no local folder"),
     ([f"{USER}/s3", "--model", f"{USER}/broken"], f"--model {USER}/broken cannot be served ("),
     ([f"{USER}/s4", "--model", "checkpoints/timemachine-rnn512"], "--model must be a Hub repo id"),
-    (["not a space!"], "deploy needs a Space id like you/name"),
+    (["not a space!"], "deploy needs a Space id like user/name"),
     ([f"{USER}/s5", "--revision", "main"], "--revision pins the --model repo; give --model too"),
 ])
 def test_refusals_change_nothing(hub, env, args, expected):
