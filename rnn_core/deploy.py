@@ -158,6 +158,9 @@ def make_plan(space: str, model: str | None, revision: str | None, api: HfApi) -
     current = current_variables(api, space) if exists and not model else {}
     note = ("" if model else f"variables unchanged: {_show(current)}" if current else
             "no --model: the Space serves the bundled model")
+    if model and api.model_info(model).private:
+        note = (f"note: {model} is private; the Space can load it only with a read token in a "
+                "secret named HF_TOKEN (Space settings, Variables and secrets)")
     files["README.md"] = space_card(root, model or current.get("RNN_MODEL"))
     plan = Plan(space, dict(sorted(files.items())), variables, note)
     check_limits(plan, root)
@@ -199,8 +202,8 @@ def deploy(space: str, model: str | None = None, revision: str | None = None, *,
                 f"{len(plan.files)} files ({total:,} bytes); nothing was uploaded")
             for path in plan.files:
                 out(f"  {path}  {plan.size(path):,} bytes")
-            out(f"variables: {_show(plan.variables)}" if plan.variables else plan.model_note)
-            out(url)
+            for line in (*_model_lines(plan, "variables:"), url):
+                out(line)
             return plan
         disable_progress_bars()  # per-file upload bars; the summary below says what happened
         commit_url, changed = upload(api, plan, private)
@@ -212,9 +215,15 @@ def deploy(space: str, model: str | None = None, revision: str | None = None, *,
         raise DeployError(f"deploy to {space} failed ({_reason(e)}); run it again") from None
     out(f"uploaded {len(plan.files)} files ({total:,} bytes) to {space} in one commit: {commit_url}"
         if changed else f"{space} already holds these {len(plan.files)} files: {commit_url}")
-    out(f"set {_show(plan.variables)}" if plan.variables else plan.model_note)
-    out(url)
+    for line in (*_model_lines(plan, "set"), url):
+        out(line)
     return plan
+
+
+def _model_lines(plan: Plan, verb: str) -> list[str]:
+    """The variables set (or to set) and what to know about the model served."""
+    lines = [f"{verb} {_show(plan.variables)}"] if plan.variables else []
+    return lines + ([plan.model_note] if plan.model_note else [])
 
 
 def _show(variables: dict[str, str]) -> str:

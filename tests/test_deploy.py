@@ -46,6 +46,8 @@ def hub(tiny_checkpoint, bundled_checkpoint):
     server.put_commit(MODEL, {n: (tiny_checkpoint / n).read_bytes() for n in MODEL_FILES})
     no_weights = {n: (tiny_checkpoint / n).read_bytes() for n in ("config.json", "vocab.json")}
     server.put_commit(f"{USER}/broken", no_weights)
+    server.put_commit(f"{USER}/private-rnn", {n: (tiny_checkpoint / n).read_bytes() for n in MODEL_FILES})
+    server.repos[f"{USER}/private-rnn"].private = True
     yield server
     server.stop()
 
@@ -169,6 +171,35 @@ def test_redeploy_updates_in_place(hub, env):
     assert hub.head(space, repo_type="space") == history[0].oid
     card = SpaceCard(hub.files(space, repo_type="space")["README.md"].decode())
     assert card.data.models == [MODEL]
+
+
+def test_a_private_model_is_deployed_with_a_note_on_the_token_it_needs(hub, env):
+    r = deploy(env, f"{USER}/private-chat", "--model", f"{USER}/private-rnn", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert (f"note: {USER}/private-rnn is private; the Space can load it only with a read token in "
+            "a secret named HF_TOKEN") in r.stdout
+
+
+@pytest.mark.parametrize("model, expected", [
+    (None, ["serving the bundled model checkpoints/timemachine-rnn512 (RNN_MODEL is not set)"]),
+    (f"{USER}/broken", [f"refused RNN_MODEL='{USER}/broken' at revision 'main': Hub repo "
+                        f"{USER}/broken@main has no model.safetensors",
+                        "serving the bundled model checkpoints/timemachine-rnn512 (RNN_MODEL "
+                        "could not be loaded)"]),
+])
+def test_the_app_logs_which_model_it_serves_and_why(hub, env, model, expected):
+    """What a Space's logs show at start-up (the app's start-up, without serving)."""
+    run_env = {k: v for k, v in env.items() if k != "RNN_MODEL"}
+    if model:
+        run_env["RNN_MODEL"] = model
+    r = subprocess.run([sys.executable, "-c", "import app"], cwd=ROOT, env=run_env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    logged = [ln.split(" app: ", 1)[1] for ln in r.stderr.splitlines() if " app: " in ln]
+    said = [ln for ln in logged if ln.startswith(("serving", "refused"))]
+    assert len(said) == len(expected), logged
+    assert all(ln.startswith(e) for ln, e in zip(said, expected, strict=True)), said
+    assert TOKEN not in r.stdout + r.stderr
 
 
 def test_deploy_without_model_serves_the_bundled_one(hub, env):
