@@ -76,7 +76,10 @@ def space_files(root: Path) -> dict[str, Path]:
     files = {name: root / name for name in ("app.py", *REQUIREMENTS, ".gitattributes")}
     files.update({p.relative_to(root).as_posix(): p for p in sorted((root / "rnn_core").rglob("*.py"))
                   if "__pycache__" not in p.parts})
-    for folder in sorted(p for p in (root / "checkpoints").iterdir() if p.is_dir()):
+    bundled = root / "checkpoints"
+    folders = sorted(p for p in bundled.iterdir() if p.is_dir() and not p.name.startswith(".")
+                     ) if bundled.is_dir() else []
+    for folder in folders:
         try:
             load_checkpoint(folder)
         except CheckpointError as e:

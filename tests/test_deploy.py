@@ -229,6 +229,14 @@ def test_refusals_change_nothing(hub, env, args, expected):
     assert writes(hub, n) == [] and set(hub.spaces) == spaces
 
 
+def test_someone_elses_space_is_left_alone(hub, env):
+    theirs = "bob/their-chat"
+    before = hub.put_commit(theirs, {"app.py": b"print('bob')\n"}, repo_type="space")
+    msg = refused(deploy(env, theirs))
+    assert "HTTP 403" in msg and f"nothing was pushed, {theirs}@main is still at {before[:8]}" in msg
+    assert hub.head(theirs, repo_type="space") == before
+
+
 def project_copy(tmp_path: Path) -> Path:
     """The files deploy reads, copied: a checkout whose files can be made too large."""
     copy = tmp_path / "project"
