@@ -1,11 +1,13 @@
-"""Shared by the bench scripts: machine description, summaries, a process's memory over
-time, and the repo on sys.path."""
+"""Shared by the bench scripts: machine description (CPU, instruction sets in force),
+summaries, a process's memory over time, and the repo on sys.path."""
 from __future__ import annotations
 
 import datetime
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -36,6 +38,47 @@ def machine_info() -> str:
     return (f"date {now} | cpu {cpu_model()} | cores {cores} | load avg {load} | "
             f"python {platform.python_version()} | torch {torch.__version__} | "
             f"threads {torch.get_num_threads()}")
+
+
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+              "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS")
+_KERNEL_ISAS = r"""
+import torch
+x = torch.randn(64, 64)
+x @ x
+torch.ops.mkldnn._linear_pointwise(x, x, None, "none", [], "")
+"""
+
+
+def cpu_flags() -> str:
+    """The widest vector extensions the CPU reports: AVX-512 / AVX2 / neither."""
+    try:
+        flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M)[1].split())
+    except (OSError, TypeError):
+        return "unknown"
+    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+
+
+def isa_info() -> str:
+    """One line: what the CPU has, the limits set in the environment, and what torch's own
+    kernels, MKL and oneDNN actually use (MKL and oneDNN report it in their verbose output,
+    read from a fresh interpreter with the same environment)."""
+    import torch
+    limits = ", ".join(f"{k}={os.environ[k]}" for k in ISA_LIMITS if k in os.environ) or "none"
+    env = {**os.environ, "MKL_VERBOSE": "1", "ONEDNN_VERBOSE": "1"}
+    try:
+        out = subprocess.run([sys.executable, "-c", _KERNEL_ISAS], env=env, capture_output=True,
+                             text=True, timeout=120).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    mkl = re.search(r"^MKL_VERBOSE oneMKL.*?architecture (.*?)(?: enabled processors)?, Lnx",
+                    out, re.M)
+    if mkl:  # "Intel(R) Advanced Vector Extensions 2 (Intel(R) AVX2)" -> "AVX2"
+        mkl = "+".join(re.findall(r"\((?:Intel\(R\) )?([A-Z][\w-]+)\)", mkl[1])) or mkl[1]
+    dnnl = re.search(r"^onednn_verbose,.*,isa:(.*)$", out, re.M)
+    return (f"cpu has {cpu_flags()} | limits in force: {limits} | torch kernels "
+            f"{torch.backends.cpu.get_cpu_capability()} | MKL {mkl or 'n/a'} | "
+            f"oneDNN {dnnl[1] if dnnl else 'n/a'}")
 
 
 def summary(values: list[float], fmt: str = "{:.0f}") -> str:

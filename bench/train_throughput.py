@@ -3,15 +3,25 @@
 Batch 32, 35 steps, 512 hidden units, V = 28, sequential partitioning of the first 10,000
 characters, full BPTT, the book's clipping (theta = 1) and SGD (lr 1), all through the book's
 `train_epoch_ch8` loop. Contenders:
-  seed     the seed notebook's scratch RNN (one-hot matmul per step, autograd through the loop)
+  seed     the seed notebook's §8.5 scratch code: `RNNModelScratch` over the book's `rnn`
+           (per step: one-hot input, torch.mm(X, W_xh) + torch.mm(H, W_hh) + b_h, tanh,
+           torch.mm(H, W_hq) + b_q), autograd through the loop, the book's `grad_clipping`
+           and `sgd`. This is `train.py --kernel book` (bit-exact to the book,
+           tests/test_faithful.py)
   nn.RNN   the book's concise model (§8.6: nn.RNN + nn.Linear, same hidden size), torch.optim.SGD
-  fast     rnn_core.fast.FastRNN, with each backend available (onednn, plain)
+  fast     rnn_core.fast.FastRNN: `auto` (what `train.py` uses: the faster kernel, timed at
+           start-up), and each kernel alone (`plain`: the split kernel; `onednn`: the fused one)
 and the machine's floor: the unavoidable sequential work of one minibatch, 2 x 35 products
 (32 x 512)·(512 x 512) plus tanh, timed alone (the fastest of torch.mm, oneDNN with tanh
 fused, and oneDNN with the weight prepacked).
 
-Rounds are interleaved (one epoch of every contender per round, the same minibatches for all),
-the first rounds are warm-up, and ratios are taken within each round, then the median.
+Rounds are interleaved (one epoch of every contender per round, the same minibatches for all,
+the order rotated each round), the first rounds are warm-up, and ratios are taken within each
+round, then the median. Limit the instruction set to measure an AVX2-only CPU on an AVX-512
+one (the first lines printed say what is in force):
+
+    ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 \
+        python bench/train_throughput.py
 
     python bench/train_throughput.py              # 2 warm-up + 9 measured rounds
     python bench/train_throughput.py --threads 1  # pin torch's thread count
@@ -22,16 +32,17 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import time
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common import machine_info, summary
+from common import isa_info, machine_info, summary
 
-from rnn_core.data import download_time_machine, load_corpus, read_text, SeqDataLoader
-from rnn_core.fast import FastRNN, onednn_available, onednn_prepack_available
+from rnn_core.data import DataError, download_time_machine, load_corpus, read_text, SeqDataLoader
+from rnn_core.fast import FastRNN, fused_fits, onednn_available, onednn_prepack_available
 from rnn_core.model import RNNModelScratch
 from rnn_core.training import make_updater, train_epoch_ch8
 
@@ -65,7 +76,8 @@ def contenders(vocab_size: int) -> dict:
     torch.manual_seed(0)
     concise = RNNModelConcise(vocab_size, HIDDEN)
     out["nn.RNN + nn.Linear"] = (concise, torch.optim.SGD(concise.parameters(), lr=LR), None)
-    for backend in (["onednn"] if onednn_available() else []) + ["plain"]:
+    fused = fused_fits(vocab_size, HIDDEN, torch.float32, torch.device("cpu"))
+    for backend in ["auto", "plain"] + (["onednn"] if fused else []):
         torch.manual_seed(0)
         net = RNNModelScratch(vocab_size, HIDDEN)
         out[f"fast ({backend})"] = (net, make_updater(net, "sgd", LR), FastRNN(net, backend))
@@ -113,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.warmup, args.max_tokens = 2, 1, 2 * BATCH * STEPS + STEPS + 1
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    text = read_text(args.data or download_time_machine())
+    try:
+        text = read_text(args.data or download_time_machine())
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     corpus, vocab = load_corpus(text, "book", args.max_tokens)
     train_iter = SeqDataLoader(corpus, BATCH, STEPS)
     nets = contenders(len(vocab))
@@ -122,11 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     print("training throughput, book settings: batch 32, 35 steps, H 512, V 28, sequential, "
           "BPTT + clipping + SGD")
     print(machine_info())
+    print(isa_info())
     speeds = {name: [] for name in nets}
     ppl = {}
     floors: dict[str, list[float]] = {}
+    names = list(nets)
     for r in range(args.warmup + args.rounds):
-        for name, (net, updater, forward) in nets.items():
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            net, updater, forward = nets[name]
             random.seed(r)  # the same minibatches for every contender in this round
             ppl[name], speed = train_epoch_ch8(net, train_iter, loss, updater, "cpu", False,
                                                forward)
@@ -148,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{of_floor:>8.0%} {ppl[name]:>7.2f}")
     for name, values in floors.items():
         print(f"{'floor: ' + name:<26} {summary(values):<36}")
-    print(f"\n(ppl: training perplexity of the last epoch, {args.warmup + args.rounds} epochs "
+    print(f"\nfast (auto) chose the {nets['fast (auto)'][2].backend} kernel by timing both at "
+          "start-up (train.py does the same)")
+    print(f"(ppl: training perplexity of the last epoch, {args.warmup + args.rounds} epochs "
           "from the same start; the scratch contenders see the same weights and minibatches)")
     return 0
 

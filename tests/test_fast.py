@@ -52,6 +52,16 @@ def random_problem(V, H, B, T):
 def test_gradients_equal_autograd_on_the_scratch_math(backend, V, H, B, T):
     """Against plain autograd through the book's `rnn`, run in float64 (the exact math):
     every output and gradient within 1e-5 relative (L2) error."""
+    check_against_autograd(backend, V, H, B, T)
+
+
+def test_split_kernel_on_a_vocabulary_larger_than_the_hidden_size():
+    """Where only the split kernel applies; 48 positions over 40 tokens must repeat some, so
+    the scatter-add of dW_xh sums rows."""
+    check_against_autograd("plain", 40, 16, 4, 12)
+
+
+def check_against_autograd(backend, V, H, B, T):
     net, X, H0, wY, wH = random_problem(V, H, B, T)
     params64 = [p.detach().double().requires_grad_(True) for p in net.params]
 
@@ -89,7 +99,7 @@ def test_buffers_are_reused_but_a_stale_backward_is_refused(backend):
 def fresh_detection():
     """Re-run oneDNN detection inside the test, and again after it."""
     probes = (fast.onednn_available, fast.onednn_prepack_available,
-              fast.onednn_weight_grad_available)
+              fast.onednn_weight_grad_available, fast.choose_backend)
     for probe in probes:
         probe.cache_clear()
     yield
@@ -125,9 +135,9 @@ def test_without_a_working_onednn_op_the_plain_backend_is_used(monkeypatch, fres
     torch.manual_seed(0)
     net = RNNModelScratch(28, 32)
     f = FastRNN(net)
-    assert f.backend.name == "plain"
     X = torch.randint(0, 28, (4, 5))
     Y, _ = f(X, net.begin_state(4))
+    assert f.backend == "plain"
     Y.sum().backward()
     assert torch.allclose(Y, net(X, net.begin_state(4))[0], atol=1e-6)
     with pytest.raises(RuntimeError, match="use backend='plain' or 'auto'"):
@@ -166,10 +176,86 @@ def test_onednn_backend_without_its_optional_ops_still_computes_the_same(
         assert float((g - e).norm() / e.norm()) <= 1e-5, name
 
 
+@pytest.fixture
+def fresh_choice():
+    fast.choose_backend.cache_clear()
+    yield
+    fast.choose_backend.cache_clear()
+
+
 @pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear op")
-def test_auto_picks_onednn_where_it_works():
-    assert FastRNN(RNNModelScratch(28, 32)).backend.name == "onednn"
-    assert FastRNN(RNNModelScratch(28, 32).double()).backend.name == "plain"
+@pytest.mark.parametrize("fused_ms,split_ms,expected", [(9.0, 12.0, "onednn"), (12.0, 9.0, "plain"),
+                                                         (9.9, 10.0, "plain")])
+def test_auto_keeps_the_kernel_that_measures_faster(monkeypatch, fresh_choice, fused_ms,
+                                                    split_ms, expected):
+    """The choice is made by timing both kernels at the minibatch's shape (the fused one must
+    win by 5%), once per shape."""
+    calls = []
+
+    def timed(backends, key, reps):
+        calls.append(key)
+        return {"onednn": fused_ms / 1e3, "plain": split_ms / 1e3}
+    monkeypatch.setattr(fast, "_time_kernels", timed)
+    net = RNNModelScratch(28, 32)
+    f = FastRNN(net)
+    for _ in range(2):
+        f(torch.randint(0, 28, (4, 5)), net.begin_state(4))
+    assert f.backend == expected and len(calls) == 1
+    assert calls[0][:4] == (5, 4, 32, 28)
+
+
+def test_the_real_timing_runs_both_kernels_and_picks_one(fresh_choice):
+    net = RNNModelScratch(28, 32)
+    f = FastRNN(net)
+    f(torch.randint(0, 28, (4, 5)), net.begin_state(4))
+    assert f.backend in (("onednn", "plain") if onednn_available() else ("plain",))
+    assert fast.seconds_per_minibatch("plain", f.ws.key) > 0
+
+
+@pytest.mark.parametrize("net", [RNNModelScratch(28, 32).double(), RNNModelScratch(40, 32)],
+                         ids=["float64", "vocabulary larger than hidden"])
+def test_auto_uses_the_split_kernel_where_the_fused_one_does_not_fit(monkeypatch, fresh_choice,
+                                                                      net):
+    monkeypatch.setattr(fast, "_time_kernels", lambda *a: pytest.fail("nothing to time"))
+    f = FastRNN(net)
+    V = net.vocab_size
+    f(torch.randint(0, V, (3, 4)), net.begin_state(3))
+    assert f.backend == "plain"
+    with pytest.raises(RuntimeError, match="use backend='plain' or 'auto'"):
+        FastRNN(net, "onednn")
+
+
+def test_memory_on_a_large_vocabulary_stays_the_books():
+    """A 20,000-character vocabulary (e.g. raw Chinese text): one training step's peak memory
+    with the fast kernel is no more than the book kernel's (the fused kernel's (H+V+1)^2
+    buffers would need gigabytes). Each kernel in its own process, peak RSS measured there."""
+    peak = {}
+    for k in ("book", "fast"):
+        proc = subprocess.run([sys.executable, "-c", LARGE_VOCAB_STEP, k], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        base, peak_kb, backend = proc.stdout.split()
+        peak[k] = int(peak_kb)
+        assert backend == {"book": "-", "fast": "plain"}[k]
+    assert peak["fast"] <= 1.1 * peak["book"], peak
+
+
+LARGE_VOCAB_STEP = """
+import resource, sys, torch
+from torch import nn
+from rnn_core.fast import FastRNN
+from rnn_core.model import RNNModelScratch
+V, H, B, T = 20_000, 512, 16, 20
+torch.manual_seed(0)
+net = RNNModelScratch(V, H)
+X, y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B * T,))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+forward = FastRNN(net) if sys.argv[1] == "fast" else net
+for _ in range(2):
+    Y, _ = forward(X, net.begin_state(B))
+    nn.functional.cross_entropy(Y, y).backward()
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, getattr(forward, "backend", "-"))
+"""
 
 
 def test_unknown_backend_is_refused():
