@@ -5,8 +5,8 @@ state), and the same gradients, through a hand-written backward through time. Bo
 below do the book's arithmetic, arranged for the CPU (each choice measured, bench/README.md):
 
   split (`plain`, public torch ops, any device and dtype)
-    forward:  A_t = W_xh[x_t] + b_h for every step at once (the one-hot product is a row
-              gather), then per step H_t+1 = tanh(A_t + H_t W_hh): one addmm and one tanh;
+    forward:  W_xh[x_t] + b_h for every step at once (the one-hot product is a row gather),
+              then per step H_t+1 = tanh(that + H_t W_hh): one in-place addmm and one tanh;
               the output layer is one product over all steps.
     backward: dH_t = dY_t W_hq^T for every step at once, then per step
               dA_t = (dH_t + dA_t+1 W_hh^T) * (1 - H_t+1^2): one addmm and one multiply;
@@ -51,10 +51,11 @@ class SplitWorkspace:
                  device: torch.device):
         self.key = (T, B, H, V, dtype, device)
         new = functools.partial(torch.empty, dtype=dtype, device=device)
-        self.Hs = new((T + 1, B, H))  # H_0 .. H_T
-        self.A = new((T, B, H))       # forward: W_xh[x_t] + b_h; backward: dH_t, then dA_t
+        self.Hs = new((T + 1, B, H))  # H_0 .. H_T; H_t+1 starts as W_xh[x_t] + b_h
+        self.dA = new((T, B, H))      # dH_t from the output layer, then dA_t in place
         self.D = new((T, B, H))       # 1 - H_t+1^2, the derivative of tanh
-        self.Hs_t, self.A_t, self.D_t = self.Hs.unbind(0), self.A.unbind(0), self.D.unbind(0)
+        self.W_hh_T = new((H, H))     # W_hh^T, contiguous: MKL's per-step product is faster
+        self.Hs_t, self.dA_t, self.D_t = self.Hs.unbind(0), self.dA.unbind(0), self.D.unbind(0)
         self.calls = 0                # forward calls so far, to catch a stale backward
 
 
@@ -66,12 +67,12 @@ class _SplitRNN(torch.autograd.Function):
                 W_xh: torch.Tensor, W_hh: torch.Tensor, b_h: torch.Tensor,
                 W_hq: torch.Tensor, b_q: torch.Tensor):
         T, B, H = ws.key[:3]
-        Hs, A, Hs_t, A_t = ws.Hs, ws.A, ws.Hs_t, ws.A_t
+        Hs, Hs_t = ws.Hs, ws.Hs_t
         tokens = X.t().reshape(-1)  # time-major, as the book's outputs
-        torch.index_select(W_xh, 0, tokens, out=A.view(T * B, H)).add_(b_h)
+        torch.index_select(W_xh, 0, tokens, out=Hs[1:].view(T * B, H)).add_(b_h)
         Hs_t[0].copy_(H0)
         for t in range(T):
-            torch.addmm(A_t[t], Hs_t[t], W_hh, out=Hs_t[t + 1]).tanh_()
+            Hs_t[t + 1].addmm_(Hs_t[t], W_hh).tanh_()
         Y = torch.addmm(b_q, Hs[1:].view(T * B, H), W_hq)
         ws.calls += 1
         ctx.ws, ctx.call, ctx.tokens = ws, ws.calls, tokens
@@ -86,28 +87,28 @@ class _SplitRNN(torch.autograd.Function):
             raise RuntimeError("FastRNN reuses its buffers: call backward before the next forward")
         T, B, H, V = ws.key[:4]
         W_hh, W_hq = ctx.weights
-        Hs, A, D, A_t, D_t = ws.Hs, ws.A, ws.D, ws.A_t, ws.D_t
-        dA = A.view(T * B, H)
+        Hs, D, dA_t, D_t, W_hh_T = ws.Hs, ws.D, ws.dA_t, ws.D_t, ws.W_hh_T
+        dA = ws.dA.view(T * B, H)
         if dY is None:
-            A.zero_()
+            dA.zero_()
         else:
             torch.mm(dY, W_hq.t(), out=dA)  # dH_t from the output layer, every step at once
         if dH_T is not None:
-            A_t[T - 1].add_(dH_T)
+            dA_t[T - 1].add_(dH_T)
         torch.addcmul(torch.ones((), dtype=D.dtype, device=D.device), Hs[1:], Hs[1:],
                       value=-1, out=D)
-        W_hh_T = W_hh.t()
-        A_t[T - 1].mul_(D_t[T - 1])
+        W_hh_T.copy_(W_hh.t())
+        dA_t[T - 1].mul_(D_t[T - 1])
         for t in range(T - 2, -1, -1):
-            A_t[t].addmm_(A_t[t + 1], W_hh_T).mul_(D_t[t])
+            dA_t[t].addmm_(dA_t[t + 1], W_hh_T).mul_(D_t[t])
         need = ctx.needs_input_grad
-        dH0 = torch.mm(A_t[0], W_hh_T) if need[2] else None
-        dW_xh = (torch.zeros(V, H, dtype=A.dtype, device=A.device).index_add_(0, ctx.tokens, dA)
-                 if need[3] else None)
+        dH0 = torch.mm(dA_t[0], W_hh_T) if need[2] else None
+        dW_xh = (torch.zeros(V, H, dtype=dA.dtype, device=dA.device)
+                 .index_add_(0, ctx.tokens, dA) if need[3] else None)
         dW_hh = torch.mm(Hs[:T].view(T * B, H).t(), dA) if need[4] else None
         db_h = dA.sum(0) if need[5] else None
         if dY is None:
-            dW_hq, db_q = torch.zeros_like(W_hq), torch.zeros(V, dtype=A.dtype, device=A.device)
+            dW_hq, db_q = torch.zeros_like(W_hq), torch.zeros_like(W_hq[0])
         else:
             dW_hq, db_q = torch.mm(Hs[1:].view(T * B, H).t(), dY), dY.sum(0)
         return None, None, dH0, dW_xh, dW_hh, db_h, dW_hq, db_q
