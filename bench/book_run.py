@@ -12,7 +12,7 @@ same samples every 10 epochs and end at the same kind of perplexity, which is ch
 
     python bench/book_run.py                   # 3 pairs of 500-epoch runs (~10 minutes)
     python bench/book_run.py --save-every 1000 # ours without the periodic checkpoints
-    python bench/book_run.py --quick           # smoke test: 1 pair of 20-epoch runs
+    python bench/book_run.py --quick           # smoke test: 1 pair of 10-epoch runs
 """
 from __future__ import annotations
 
@@ -62,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-every", type=int, default=None,
                    help="passed to train.py (default: train.py's own default)")
     p.add_argument("--kernel", default=None, help="passed to train.py (default: its default)")
-    p.add_argument("--quick", action="store_true", help="smoke test: 1 pair of 20-epoch runs")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 pair of 10-epoch runs")
     args = p.parse_args(argv)
     if args.quick:
-        args.runs, args.epochs = 1, 20
+        args.runs, args.epochs = 1, 10
     try:
         data = os.path.abspath(args.data or download_time_machine())
     except DataError as e:

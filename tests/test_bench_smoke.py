@@ -35,6 +35,16 @@ def test_train_throughput_prints_every_contender_and_the_floor(data_path):
         assert re.fullmatch(r"\d+%", fields[-2]), fields                          # of floor
     assert row(out, "seed (scratch, book)")[-4] == "1.00x"
     assert re.fullmatch(NUM, row(out, "floor: torch.mm + tanh")[0])
+    assert re.search(r"^fast \(auto\) chose the (plain|onednn) kernel", out, re.M), out
+    assert re.search(r"^cpu has .* \| limits in force: .* \| torch kernels \w+", out, re.M), out
+
+
+def test_book_run_times_train_py_against_the_books_library(data_path):
+    out = bench("book_run.py", "--data", data_path)
+    assert re.search(r"^cpu has .* \| limits in force: .* \| torch kernels \w+", out, re.M), out
+    for name in ("ours", "book"):
+        assert re.search(rf"^  run 1 {name}: +{NUM} s, final perplexity {NUM}", out, re.M), out
+    assert re.search(rf"^ours / book: {NUM} \(median of 1 pairs", out, re.M), out
 
 
 def test_generation_latency_prints_both_modes_and_checks_greedy_equality():
