@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rnn_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rnn_core.checkpoint import (TRAINING_TEXT_NAME, CheckpointError, load_checkpoint,
+                                 pack_training_text, save_checkpoint)
 from rnn_core.card import make_model_card
 from rnn_core.data import (NORMALIZATIONS, DataError, download_time_machine, load_corpus,
-                           min_corpus_length, read_text, sha1_of, SeqDataLoader)
+                           min_corpus_length, normalize_text, read_text, sha1_of, SeqDataLoader)
 from rnn_core.generation import predict_ch8
 from rnn_core.hub import HubError, check_push_target, push_checkpoint
 from rnn_core.model import RNNModelScratch
@@ -171,12 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"data_name": path.name, "data_sha1": sha1_of(path), "device": str(device),
             "num_train_tokens": len(train_corpus), "num_val_tokens": num_val,
             "command": "python train.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
+    # The text the model trains on, carried in the checkpoint for the memorisation check.
+    training_text, text_entry = pack_training_text(
+        normalize_text(text, args.normalize)[:len(train_corpus)])
     last = state or TrainingState.capture(0, run_args, net, updater, history)
     bar = tqdm(total=args.num_epochs, initial=len(history), unit="epoch", dynamic_ncols=True)
 
     def save(snap: TrainingState) -> None:
-        save_checkpoint(args.out, snap.weights, vocab, checkpoint_config(args, snap, meta),
-                        files=checkpoint_files(snap, vocab, args, meta, device))
+        save_checkpoint(args.out, snap.weights, vocab,
+                        {**checkpoint_config(args, snap, meta), "training_text": text_entry},
+                        files={**checkpoint_files(snap, vocab, args, meta, device),
+                               TRAINING_TEXT_NAME: training_text})
 
     def on_epoch(result):
         nonlocal last

@@ -5,6 +5,8 @@ A checkpoint is a folder:
     vocab.json          idx_to_token, `<unk>` at index 0
     config.json         vocab_size, num_hiddens, normalization, training metadata
     README.md           the model card
+    training_text.xz    optional: the normalised text the model trained on, xz-compressed
+                        (what `inspector` checks replies against for memorisation)
 plus whatever else training adds (a perplexity plot, resume state).
 
 Only safetensors are read (never pickle), and shapes and sizes are checked from the
@@ -12,7 +14,9 @@ file header before any tensor is allocated.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import lzma
 import os
 import shutil
 import tempfile
@@ -28,6 +32,7 @@ from .model import PARAM_NAMES, RNNModelScratch, param_shapes
 
 WEIGHTS_NAME, VOCAB_NAME, CONFIG_NAME, CARD_NAME = (
     "model.safetensors", "vocab.json", "config.json", "README.md")
+TRAINING_TEXT_NAME = "training_text.xz"
 MODEL_FILES = (WEIGHTS_NAME, VOCAB_NAME, CONFIG_NAME)
 FORMAT = "d2l-char-rnn-scratch"
 
@@ -37,6 +42,7 @@ MAX_NUM_HIDDENS = 8192
 MAX_VOCAB_SIZE = 65536
 MAX_PARAMETERS = 100_000_000
 MAX_JSON_BYTES = 16 << 20
+MAX_TRAINING_TEXT_BYTES = 64 << 20      # compressed, and again once decompressed (UTF-8)
 
 
 class CheckpointError(ValueError):
@@ -52,6 +58,7 @@ class Checkpoint:
     config: dict
     source: str = ""
     commit: str | None = None
+    folder: Path | None = None   # where its files are (a Hub model: its cached snapshot)
 
     @property
     def normalization(self) -> str:
@@ -208,4 +215,52 @@ def load_checkpoint(folder: str | os.PathLike, device: torch.device | str = "cpu
         net = RNNModelScratch(V, H)
     net.load_state_dict(tensors, assign=True)
     net.to(device).eval().requires_grad_(False)
-    return Checkpoint(net, vocab, config, source=str(folder))
+    return Checkpoint(net, vocab, config, source=str(folder), folder=folder)
+
+
+# ---------------------------------------------------------------- the training text
+
+def pack_training_text(text: str) -> tuple[bytes, dict]:
+    """The training text as `training_text.xz` bytes, and the config entry that describes it
+    (`training_text`: file, characters, sha1 of the UTF-8 text)."""
+    data = text.encode("utf-8")
+    entry = {"file": TRAINING_TEXT_NAME, "chars": len(text),
+             "sha1": hashlib.sha1(data).hexdigest()}
+    return lzma.compress(data, preset=6), entry
+
+
+def read_training_text(folder: str | os.PathLike, config: dict) -> str | None:
+    """The training text a checkpoint carries, checked against its config entry (size, sha1);
+    None when the checkpoint carries none. A corrupt or oversized file is a CheckpointError."""
+    entry = config.get("training_text")
+    if entry is None:
+        return None
+    path = Path(folder) / TRAINING_TEXT_NAME
+    if not isinstance(entry, dict) or entry.get("file") != TRAINING_TEXT_NAME or \
+            not isinstance(entry.get("chars"), int) or not isinstance(entry.get("sha1"), str):
+        raise CheckpointError(f"{Path(folder) / CONFIG_NAME}: training_text must be "
+                              f'{{"file": "{TRAINING_TEXT_NAME}", "chars": N, "sha1": HEX}}')
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing though config.json lists it; download or "
+                              "train the checkpoint again")
+    if path.stat().st_size > MAX_TRAINING_TEXT_BYTES:
+        raise CheckpointError(f"{path} is larger than {MAX_TRAINING_TEXT_BYTES >> 20} MB")
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    try:
+        data = decompressor.decompress(path.read_bytes(), max_length=MAX_TRAINING_TEXT_BYTES + 1)
+    except lzma.LZMAError as e:
+        raise CheckpointError(f"{path} is not a valid xz file ({e})") from None
+    if not decompressor.eof or len(data) > MAX_TRAINING_TEXT_BYTES:
+        raise CheckpointError(f"{path} is truncated or holds more than "
+                              f"{MAX_TRAINING_TEXT_BYTES >> 20} MB of text")
+    if hashlib.sha1(data).hexdigest() != entry["sha1"]:
+        raise CheckpointError(f"{path} does not match the sha1 in config.json; the files do not "
+                              "belong together")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    if len(text) != entry["chars"]:
+        raise CheckpointError(f"{path} holds {len(text):,} characters, config.json says "
+                              f"{entry['chars']:,}")
+    return text

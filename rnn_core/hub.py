@@ -27,13 +27,15 @@ from huggingface_hub.errors import (HfHubHTTPError, HFValidationError, LocalEntr
 from huggingface_hub.utils import validate_repo_id
 
 from .card import make_model_card
-from .checkpoint import (CARD_NAME, CONFIG_NAME, MODEL_FILES, VOCAB_NAME, WEIGHTS_NAME, Checkpoint,
-                         CheckpointError, load_checkpoint, read_config)
+from .checkpoint import (CARD_NAME, CONFIG_NAME, MAX_TRAINING_TEXT_BYTES, MODEL_FILES,
+                         TRAINING_TEXT_NAME, VOCAB_NAME, WEIGHTS_NAME, Checkpoint, CheckpointError,
+                         load_checkpoint, read_config)
 from .generation import predict_ch8
 from .model import param_shapes
 
 PLOT_NAME = "perplexity.png"
-PUSHED_FILES = (WEIGHTS_NAME, CONFIG_NAME, VOCAB_NAME, PLOT_NAME)  # plus the card; never training_state.*
+# Plus the card; never training_state.*. The training text only when the folder has it.
+PUSHED_FILES = (WEIGHTS_NAME, CONFIG_NAME, VOCAB_NAME, PLOT_NAME, TRAINING_TEXT_NAME)
 HEADER_ALLOWANCE = 64 << 10  # bytes a safetensors header may add to the raw float32 weights
 NETWORK_ERRORS = (HfHubHTTPError, httpx2.HTTPError, OSError)
 
@@ -85,7 +87,21 @@ def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
                        f"vocab_size {V} and num_hiddens {H} need at most {max_bytes:,}; not downloading "
                        "it, the repo does not hold a usable checkpoint of this project")
     _download(repo_id, WEIGHTS_NAME, commit, asked)
+    if config.get("training_text") is not None:
+        _download_training_text(repo_id, commit, asked)
     return folder
+
+
+def _download_training_text(repo_id: str, commit: str, asked: str) -> None:
+    """Fetch the training text the config lists, if the repo has it and it is not absurdly
+    large. Optional: without it the model loads, and the memorisation check says the text is
+    missing."""
+    try:
+        info = _download(repo_id, TRAINING_TEXT_NAME, commit, asked, dry_run=True)
+        if info.is_cached or info.file_size is None or info.file_size <= MAX_TRAINING_TEXT_BYTES:
+            _download(repo_id, TRAINING_TEXT_NAME, commit, asked)
+    except HubError:
+        pass
 
 
 def _validated(repo_id: str, folder: Path, check):

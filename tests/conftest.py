@@ -52,3 +52,10 @@ def tiny_checkpoint(tmp_path_factory, data_path) -> Path:
 def bundled_checkpoint() -> Path:
     """The default model shipped in checkpoints/."""
     return ROOT / "checkpoints" / "timemachine-rnn512"
+
+
+@pytest.fixture(scope="session")
+def bundled(bundled_checkpoint):
+    """The bundled model, loaded."""
+    from rnn_core.checkpoint import load_checkpoint
+    return load_checkpoint(bundled_checkpoint)

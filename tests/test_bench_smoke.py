@@ -82,3 +82,11 @@ def test_soak_replays_every_session_and_watches_memory():
     assert checked and int(checked[1]) > 0, out
     assert re.search(rf"server RSS: {NUM} MB at start, {NUM} MB after", out), out
     assert "memory: flat after warm-up" in out and out.rstrip().endswith("soak passed")
+
+
+def test_inspect_score_times_score_trace_and_memorisation():
+    out = bench("inspect_score.py")
+    for label in ("  score", "  forward", "  trace", "  memorise"):
+        assert re.fullmatch(NUM, row(out, label)[0]), label
+    assert re.fullmatch(NUM, row(out, "  score / forward: median")[0])
+    assert re.search(r"score with top-5 for 2,000 characters: (within|OVER) 0.2 s", out)

@@ -29,13 +29,14 @@ MODEL_FILES = ("model.safetensors", "config.json", "vocab.json", "README.md")
 
 def expected_files(root: Path = ROOT) -> set[str]:
     """What a Space needs, listed independently of rnn_core.deploy: the app, the library, the
-    requirements, .gitattributes, the card, and the bundled checkpoints' model files."""
+    requirements, .gitattributes, the card, and the bundled checkpoints' model files (and
+    training text, for the memorisation check)."""
     files = {"app.py", "requirements.txt", "pre-requirements.txt", ".gitattributes", "README.md"}
     files |= {p.relative_to(root).as_posix() for p in (root / "rnn_core").rglob("*.py")
               if "__pycache__" not in p.parts}
     for folder in (root / "checkpoints").iterdir():
         files |= {f"checkpoints/{folder.name}/{p.name}" for p in folder.iterdir()
-                  if p.name in (*MODEL_FILES, "perplexity.png")}
+                  if p.name in (*MODEL_FILES, "perplexity.png", "training_text.xz")}
     return files
 
 

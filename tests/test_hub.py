@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 USER = "alice"
 TOKEN = "hf_" + secrets.token_hex(16)  # must never show up in any output or file
 MODEL_FILES = {"model.safetensors", "config.json", "vocab.json"}
-PUSHED = MODEL_FILES | {"perplexity.png", "README.md", ".gitattributes"}
+PUSHED = MODEL_FILES | {"perplexity.png", "README.md", ".gitattributes", "training_text.xz"}
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +106,14 @@ def test_train_then_push_then_pull_by_repo_id(hub, env, tmp_path, data_path):
     files = hub.files(f"{USER}/trained")
     assert set(files) == PUSHED  # the resume state stays local
     assert (out / "training_state.json").is_file()
-    for name in MODEL_FILES | {"perplexity.png"}:
+    for name in MODEL_FILES | {"perplexity.png", "training_text.xz"}:
         assert files[name] == (out / name).read_bytes()
     assert greedy(env, f"{USER}/trained") == greedy(env, str(out))
+    # The pulled model carries its training text, for the memorisation check.
+    code = ("from rnn_core import load_model; from rnn_core.inspector import notes_for; "
+            f"print(len(notes_for(load_model('{USER}/trained')).training_text))")
+    r = run(["-c", code], env)
+    assert r.returncode == 0 and r.stdout.strip() == "10000", r.stderr
 
     card = ModelCard(files["README.md"].decode())
     meta = card.data.to_dict()
