@@ -8,6 +8,12 @@
     python train.py --push-only runs/rnn --push-to-hub user/timemachine-rnn   # share, no training
 
 The defaults are the book's settings; see `python train.py --help` for every flag.
+
+Exit status: 0 done; 2 refused before training (bad flags, data, --out, --resume, Hub token:
+the message says why); 3 the loss became NaN or infinite (the last good epoch is kept);
+4 the push failed (the checkpoint stays on disk); 5 the final checkpoint could not be written
+(the previous one survives); 130 / 143 stopped by Ctrl-C / SIGTERM after saving the last
+finished epoch (128 + the signal's number).
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import datetime
 import io
 import random
 import shlex
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -23,19 +30,23 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rnn_core.checkpoint import (TRAINING_TEXT_NAME, CheckpointError, load_checkpoint,
-                                 pack_training_text, save_checkpoint)
-from rnn_core.card import make_model_card
+from rnn_core.checkpoint import (CARD_NAME, PLOT_NAME, TRAINING_TEXT_NAME, CheckpointError,
+                                 check_model_size, check_out_folder, load_checkpoint,
+                                 pack_training_text, recover_interrupted_save, save_checkpoint)
 from rnn_core.data import (NORMALIZATIONS, DataError, download_time_machine, load_corpus,
                            min_corpus_length, normalize_text, read_text, sha1_of, SeqDataLoader)
 from rnn_core.generation import predict_ch8
-from rnn_core.hub import HubError, check_push_target, push_checkpoint
 from rnn_core.model import RNNModelScratch
 from rnn_core.resume import TrainingState, load_training_state
-from rnn_core.training import KERNELS, OPTIMIZERS, NonFiniteLossError, make_updater, train_ch8
+from rnn_core.runlock import LockedError, RunLock
+from rnn_core.training import (KERNELS, OPTIMIZERS, Interrupted, NonFiniteLossError, StopSignals,
+                               make_updater, train_ch8)
+
+EXIT_REFUSED, EXIT_NONFINITE, EXIT_PUSH_FAILED, EXIT_SAVE_FAILED = 2, 3, 4, 5
+RESUMABLE = ("num_epochs", "out", "data", "device", "save_every", "resume")  # --resume may set these
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--num-hiddens", type=int, default=512, help="hidden units H")
@@ -68,8 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=10,
                    help="write the checkpoint every K epochs (it is also written at the end and on Ctrl-C)")
     p.add_argument("--resume", type=Path, default=None,
-                   help="continue the run saved in this folder exactly (other flags but --num-epochs "
-                        "and --out are taken from it)")
+                   help="continue the run saved in this folder exactly; its settings are the saved "
+                        "ones (only --num-epochs, --out, --data and --device may be given; --data "
+                        "must be the same text, checked by sha1)")
     h = p.add_argument_group("Hugging Face Hub (token from HF_TOKEN or `hf auth login`)")
     h.add_argument("--push-to-hub", metavar="USER/NAME", default=None,
                    help="after training, upload the checkpoint to this model repo (created if missing)")
@@ -80,7 +92,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="push to this branch (created if missing) instead of main")
     h.add_argument("--push-only", metavar="DIR", type=Path, default=None,
                    help="push this existing checkpoint folder to --push-to-hub; no training")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -92,11 +108,16 @@ def check_args(args: argparse.Namespace) -> None:
         raise DataError(f"--lr must be a positive number, got {args.lr}")
     if not 0 <= args.val_fraction < 1:
         raise DataError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if not -2 ** 63 <= args.seed < 2 ** 64:
+        raise DataError(f"--seed must be an integer from -2**63 to 2**64-1 (what torch accepts), "
+                        f"got {args.seed}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise DataError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    out = args.out
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file, not a folder; choose another path")
+
+
+def check_out(out: Path) -> None:
+    """Refuse an --out a save must not replace (see `check_out_folder`) or cannot write."""
+    check_out_folder(out)
     try:  # a real write probe: permission bits say little when running as root
         out.parent.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out.parent).close()
@@ -110,53 +131,105 @@ def main(argv: list[str] | None = None) -> int:
     if hub.push_to_hub is None and (hub.push_only or hub.private or hub.commit_message or hub.revision):
         print("error: --push-only, --private, --commit-message and --revision need --push-to-hub "
               "USER/NAME", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
     if hub.push_to_hub is not None:
+        from rnn_core.hub import HubError, check_push_target
         try:
             check_push_target(hub.push_to_hub)
         except HubError as e:
             print(f"error: {e}", file=sys.stderr)
-            return 2
+            return EXIT_REFUSED
     if hub.push_only is not None:
-        return push(hub.push_only, hub)
-    state = None
+        try:  # no run may be writing the folder meanwhile
+            lock = RunLock(hub.push_only).__enter__()
+        except LockedError as e:
+            print(f"error: {e}; push it once that run has finished", file=sys.stderr)
+            return EXIT_REFUSED
+        except OSError:  # no lock file possible there (read-only): nothing trains into it
+            lock = None
+        try:
+            return push(hub.push_only, hub)
+        finally:
+            if lock is not None:
+                lock.__exit__(None, None, None)
+    out = args.out or args.resume or Path("runs/rnn")
     try:
-        if args.resume is not None:
-            ckpt = load_checkpoint(args.resume)
-            state = load_training_state(args.resume, dict(ckpt.net.named_parameters()))
-            keep = {"num_epochs": args.num_epochs or state.args["num_epochs"],
-                    "out": args.out or args.resume, "resume": args.resume}
-            args = argparse.Namespace(**{**state.args, **keep})
-            args.kernel = state.args.get("kernel", "book")  # runs saved before --kernel: book
-            args.data = Path(args.data) if args.data else None
-        args.num_epochs = 500 if args.num_epochs is None else args.num_epochs
-        args.out = args.out or Path("runs/rnn")
-        check_args(args)
-        path = Path(args.data) if args.data else download_time_machine()
-        text = read_text(path)
-        corpus, vocab = load_corpus(text, args.normalize, args.max_tokens)
+        check_out(out)
+        lock = RunLock(out).__enter__()
     except (DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return EXIT_REFUSED
+    except LockedError as e:
+        print(f"error: {e}; wait for it to finish or stop it, or choose another --out",
+              file=sys.stderr)
+        return EXIT_REFUSED
+    except OSError as e:
+        print(f"error: --out {out}: cannot create its lock file ({e.strerror}); choose another path",
+              file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        for note in filter(None, [lock.note, *recover_interrupted_save(out)]):
+            print(note if note.startswith("note: ") else f"note: {note}", file=sys.stderr)
+        return train(args, out, hub)
+    except (DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace) -> int:
+    """Prepare the run (a new one, or --resume), train it, save it; returns the exit status."""
+    state, saved_vocab = None, None
+    if args.resume is not None:
+        args, state, saved_vocab = resume_settings(args)
+    args.num_epochs = 500 if args.num_epochs is None else args.num_epochs
+    args.out = out
+    check_args(args)
+    path = Path(args.data).resolve() if args.data else download_time_machine()
+    data_sha1 = sha1_of(path) if path.is_file() else None
+    if state is not None and state.data_sha1 and data_sha1 != state.data_sha1:
+        raise DataError(f"--resume {args.resume}: the run was trained on a text with sha1 "
+                        f"{state.data_sha1}, but {path} " + ("has sha1 " + data_sha1 if data_sha1 else
+                        "does not exist") + "; pass --data with the text the run was trained on")
+    text = read_text(path)
+    corpus, vocab = load_corpus(text, args.normalize, args.max_tokens)
+    if saved_vocab is not None and vocab.idx_to_token != saved_vocab.idx_to_token:
+        raise DataError(f"--resume {args.resume}: the text gives a vocabulary other than the saved "
+                        "vocab.json (the checkpoint's files do not belong together); start a new run")
+    if state is not None and args.num_epochs <= state.epoch:
+        if args.num_epochs < state.epoch:
+            raise DataError(f"--resume {args.resume}: the run already has {state.epoch} epochs; "
+                            f"--num-epochs {args.num_epochs} would discard some: pass more")
+        print(f"the run in {args.resume} already finished its {state.epoch} epochs; nothing to do "
+              f"(pass --num-epochs N with N > {state.epoch} to train longer)")
+        return 0
+    try:
+        check_model_size(len(vocab), args.num_hiddens)
+    except CheckpointError as e:
+        raise DataError(f"this run would write a checkpoint the loader refuses ({e}): use a smaller "
+                        "--num-hiddens, or --normalize book / a text with fewer distinct "
+                        "characters") from None
 
     num_val = int(len(corpus) * args.val_fraction)
     train_corpus, val_corpus = corpus[:len(corpus) - num_val], corpus[len(corpus) - num_val:]
     need = min_corpus_length(args.batch_size, args.num_steps, args.use_random_iter)
     if len(train_corpus) < need:
-        print(f"error: the training text has {len(train_corpus)} characters but one minibatch of "
-              f"--batch-size {args.batch_size} x --num-steps {args.num_steps} needs {need}; "
-              "use a longer text or smaller sizes", file=sys.stderr)
-        return 2
+        raise DataError(f"the training text has {len(train_corpus)} characters but one minibatch "
+                        f"of --batch-size {args.batch_size} x --num-steps {args.num_steps} needs "
+                        f"{need}; use a longer text or smaller sizes")
     if num_val and len(val_corpus) < 2:
-        print("error: --val-fraction leaves fewer than 2 validation characters; raise it", file=sys.stderr)
-        return 2
+        raise DataError("--val-fraction leaves fewer than 2 validation characters; raise it")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     net = RNNModelScratch(len(vocab), args.num_hiddens, device)
     updater = make_updater(net, args.optimizer, args.lr)
     history = []
+    run_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                if k not in ("resume", "out")}
+    run_args["data"] = str(path) if args.data else None  # local, for --resume; never pushed
     if state is not None:
         with torch.no_grad():
             for name, p in net.named_parameters():
@@ -164,72 +237,177 @@ def main(argv: list[str] | None = None) -> int:
         state.restore_optimizer(updater)
         state.restore_rng()
         history = state.history
+        state.args, state.data_sha1 = run_args, data_sha1
         print(f"resuming {args.resume} after epoch {state.epoch}")
 
-    run_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                if k not in ("resume", "out")}
-    run_args["data"] = str(args.data) if args.data else None
-    meta = {"data_name": path.name, "data_sha1": sha1_of(path), "device": str(device),
+    meta = {"data_name": path.name, "data_sha1": data_sha1, "device": str(device),
             "num_train_tokens": len(train_corpus), "num_val_tokens": num_val,
-            "command": "python train.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
+            "command": reproducing_command(run_args, path.name)}
     # The text the model trains on, carried in the checkpoint for the memorisation check.
     training_text, text_entry = pack_training_text(
         normalize_text(text, args.normalize)[:len(train_corpus)])
-    last = state or TrainingState.capture(0, run_args, net, updater, history)
+    last = state or TrainingState.capture(0, run_args, net, updater, history, data_sha1)
+    saved_epoch = state.epoch if state else 0
     bar = tqdm(total=args.num_epochs, initial=len(history), unit="epoch", dynamic_ncols=True)
 
-    def save(snap: TrainingState) -> None:
+    def save(snap: TrainingState, complete: bool) -> None:
+        """Write the checkpoint: what resume needs (cheap, every --save-every epochs), plus the
+        model card and plot when `complete` (at the end, on Ctrl-C/SIGTERM)."""
+        nonlocal saved_epoch
+        files = {**snap.files(), TRAINING_TEXT_NAME: training_text}
+        if complete:
+            files.update(card_and_plot(snap, vocab, args, meta))
         save_checkpoint(args.out, snap.weights, vocab,
                         {**checkpoint_config(args, snap, meta), "training_text": text_entry},
-                        files={**checkpoint_files(snap, vocab, args, meta, device),
-                               TRAINING_TEXT_NAME: training_text})
+                        files=files, log=tqdm.write)
+        saved_epoch = snap.epoch
 
     def on_epoch(result):
         nonlocal last
         history.append(result)
-        last = TrainingState.capture(result.epoch, run_args, net, updater, history)
+        last = TrainingState.capture(result.epoch, run_args, net, updater, history, data_sha1)
         bar.update(1)
         bar.set_postfix(ppl=f"{result.ppl:.2f}",
                         **({"val_ppl": f"{result.val_ppl:.2f}"} if result.val_ppl else {}))
         if result.epoch % args.save_every == 0:
-            save(last)
+            try:
+                with stop.deferred():
+                    save(last, complete=False)
+            except (OSError, CheckpointError) as e:
+                tqdm.write(f"warning: could not save epoch {result.epoch} to {args.out} "
+                           f"({reason(e)}); {saved_state(saved_epoch, args.out)}; training "
+                           "goes on and the next save tries again")
 
+    resume_hint = f"continue with: python train.py --resume {shlex.quote(str(args.out))}"
+    status = 0
     try:
-        train_ch8(net, SeqDataLoader(train_corpus, args.batch_size, args.num_steps,
-                                     args.use_random_iter),
-                  vocab, args.lr, args.num_epochs, device, args.use_random_iter,
-                  updater=updater, start_epoch=len(history), val_corpus=val_corpus,
-                  batch_size=args.batch_size, num_steps=args.num_steps,
-                  on_epoch=on_epoch, log=tqdm.write, kernel=args.kernel)
-    except KeyboardInterrupt:
+        with StopSignals() as stop:
+            train_ch8(net, SeqDataLoader(train_corpus, args.batch_size, args.num_steps,
+                                         args.use_random_iter),
+                      vocab, args.lr, args.num_epochs, device, args.use_random_iter,
+                      updater=updater, start_epoch=len(history), val_corpus=val_corpus,
+                      batch_size=args.batch_size, num_steps=args.num_steps,
+                      on_epoch=on_epoch, log=tqdm.write, kernel=args.kernel)
+    except Interrupted as e:
         bar.close()
+        how = "interrupted" if e.signum == signal.SIGINT else f"stopped by {e}"
         if last.epoch == 0:
-            print("\ninterrupted before the first epoch ended; nothing to save", file=sys.stderr)
-            return 130
-        save(last)
-        print(f"\ninterrupted: saved the run after epoch {last.epoch} to {args.out}; "
-              f"continue with: python train.py --resume {args.out}", file=sys.stderr)
-        return 130
+            print(f"\n{how} before the first epoch ended; nothing to save", file=sys.stderr)
+            return e.exit_status
+        status = e.exit_status
+        done = (f"\n{how}: saved the run after epoch {last.epoch} to {args.out}; {resume_hint}")
     except NonFiniteLossError as e:
         bar.close()
         if last.epoch == 0:
             print(f"error: {e}. No epoch finished with finite loss; nothing was saved.", file=sys.stderr)
-            return 3
-        save(last)
-        print(f"error: {e}. The last good weights (epoch {last.epoch}) are kept in {args.out}.",
-              file=sys.stderr)
-        return 3
-    bar.close()
-    save(last)
-    print(f"saved checkpoint to {args.out}")
+            return EXIT_NONFINITE
+        status = EXIT_NONFINITE
+        done = f"error: {e}. The last good weights (epoch {last.epoch}) are kept in {args.out}."
+    else:
+        bar.close()
+        done = f"saved checkpoint to {args.out}"
+    try:
+        with StopSignals() as stop, stop.deferred():  # a second Ctrl-C waits for the save
+            save(last, complete=True)
+    except (OSError, CheckpointError) as e:
+        print(f"error: could not write the checkpoint of epoch {last.epoch} to {args.out} "
+              f"({reason(e)}); {saved_state(saved_epoch, args.out)}" +
+              (f"; free some space, then {resume_hint}" if saved_epoch else ""), file=sys.stderr)
+        return EXIT_SAVE_FAILED
+    except Interrupted as e:  # raised once the save is complete
+        status = status or e.exit_status
+    print(done, file=sys.stderr if status else sys.stdout)
+    if status:
+        return status
     return push(args.out, hub) if hub.push_to_hub else 0
 
 
+def reason(e: Exception) -> str:
+    """Why a save failed, in a few words: the OS's reason (e.g. "No space left on device")."""
+    return (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+
+
+def saved_state(epoch: int, out: Path) -> str:
+    return (f"{out} still holds the checkpoint of epoch {epoch}" if epoch else
+            f"nothing of this run is saved in {out} yet")
+
+
+def resume_settings(args: argparse.Namespace):
+    """The saved run's settings with the few that may change (RESUMABLE) taken from `args`;
+    its state and vocabulary. Refuses flags that would change the run, and any saved setting
+    that does not parse as a command line would."""
+    ckpt = load_checkpoint(args.resume)
+    state = load_training_state(args.resume, dict(ckpt.net.named_parameters()))
+    settings = dict(state.args)
+    settings.setdefault("kernel", "book")  # runs saved before --kernel had the book's kernel
+    parser = build_parser()
+
+    def refuse(message):
+        raise CheckpointError(f"{args.resume}/training_state.json: the saved settings do not "
+                              f"parse ({message}); the resume state is damaged or edited")
+    parser.error = refuse
+    unknown = set(settings) - set(RUN_SETTINGS)
+    if unknown:
+        refuse(f"unknown settings {sorted(unknown)}")
+    saved = parser.parse_args(settings_argv(settings))
+    if saved.num_hiddens != ckpt.config["num_hiddens"]:
+        refuse(f"num_hiddens {saved.num_hiddens}, but the weights have {ckpt.config['num_hiddens']}")
+    defaults = build_parser().parse_args([])
+    changed = [k for k, v in vars(args).items() if k not in RESUMABLE and k in vars(saved)
+               and v != getattr(defaults, k) and v != getattr(saved, k)]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in changed)
+        raise DataError(f"--resume continues the saved run with its own settings, so {flags} "
+                        f"cannot apply (the run has " + ", ".join(
+                            f"--{k.replace('_', '-')} {getattr(saved, k)}" for k in changed) +
+                        "): drop it, or start a new run")
+    for key in RESUMABLE:
+        if getattr(args, key) is not None:
+            setattr(saved, key, getattr(args, key))
+    recorded = ckpt.config.get("training")  # runs saved before the sha1 was in the state
+    if state.data_sha1 is None and isinstance(recorded, dict) and isinstance(
+            recorded.get("data_sha1"), str):
+        state.data_sha1 = recorded["data_sha1"]
+    return saved, state, ckpt.vocab
+
+
+def settings_argv(settings: dict, data_name: str | None = None) -> list[str]:
+    """A run's settings as command-line flags (`--flag=value`; flags at their default left
+    out); `data_name` replaces the --data path (to record a run without local paths)."""
+    defaults = vars(build_parser().parse_args([]))
+    argv = []
+    for key, value in settings.items():
+        if key == "data" and value is not None and data_name is not None:
+            value = data_name
+        if key in defaults and value == defaults[key] and type(value) is type(defaults[key]):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        else:  # --flag=value when the value could pass for a flag
+            argv += [f"{flag}={value}"] if str(value).startswith("-") else [flag, str(value)]
+    return argv
+
+
+def reproducing_command(run_args: dict, data_name: str) -> str:
+    """The command that reproduces the run on another machine: --data names the file only
+    (its sha1 is recorded beside), no --out, no --resume."""
+    argv = settings_argv(run_args, data_name)
+    if "--data" in argv:  # the text first
+        i = argv.index("--data")
+        argv = argv[i:i + 2] + argv[:i] + argv[i + 2:]
+    return shlex.join(["python", "train.py", *argv])
+
+
 HUB_FLAGS = ("push_to_hub", "private", "commit_message", "revision", "push_only")
+RUN_SETTINGS = ("num_hiddens", "batch_size", "num_steps", "lr", "num_epochs", "max_tokens",
+                "use_random_iter", "seed", "data", "normalize", "device", "val_fraction",
+                "optimizer", "kernel", "save_every")  # what training_state.json records
 
 
 def push(folder: Path, hub: argparse.Namespace) -> int:
     """Upload a checkpoint folder in one commit; print the commit, or how to retry on failure."""
+    from rnn_core.hub import HubError, push_checkpoint
     try:
         info = push_checkpoint(folder, hub.push_to_hub, private=hub.private,
                                commit_message=hub.commit_message, revision=hub.revision)
@@ -240,14 +418,14 @@ def push(folder: Path, hub: argparse.Namespace) -> int:
                  *(["--commit-message", hub.commit_message] if hub.commit_message else [])]
         hint = f"; retry with: {shlex.join(retry)}" if isinstance(e, HubError) else ""
         print(f"error: {e}{hint}", file=sys.stderr)
-        return 4
+        return EXIT_PUSH_FAILED
     print(f"pushed {folder} to {hub.push_to_hub}@{hub.revision or 'main'}: commit {info.oid}\n"
           f"{info.commit_url}")
     return 0
 
 
 def checkpoint_config(args: argparse.Namespace, snap: TrainingState, meta: dict) -> dict:
-    """config.json: normalisation plus the training metadata of the run so far."""
+    """config.json: normalisation plus the training metadata of the run so far (no local paths)."""
     history = snap.history
     vals = [h.val_ppl for h in history if h.val_ppl is not None]
     versions = {"torch": torch.__version__, "python": sys.version.split()[0]}
@@ -264,15 +442,19 @@ def checkpoint_config(args: argparse.Namespace, snap: TrainingState, meta: dict)
     return {"normalization": args.normalize, "training": training}
 
 
-def checkpoint_files(snap: TrainingState, vocab, args, meta, device) -> dict[str, bytes]:
-    """The model card, the perplexity plot and the resume state."""
+def card_and_plot(snap: TrainingState, vocab, args, meta) -> dict[str, bytes]:
+    """The model card (with a greedy sample) and the perplexity plot: written at the end of a
+    run, not with every periodic checkpoint (they cost far more than the weights)."""
+    from rnn_core.card import make_model_card
     net = RNNModelScratch(len(vocab), args.num_hiddens, "cpu")
     net.load_state_dict({k: v.cpu() for k, v in snap.weights.items()})
     sample = predict_ch8("time traveller", 50, net, vocab, "cpu")
+    # How the card tells users to load it: the folder as given, unless that is absolute
+    # (a local path has no place in a card that may be shared).
+    ref = str(args.out) if not args.out.is_absolute() else args.out.name
     card = make_model_card({"vocab_size": len(vocab), "num_hiddens": args.num_hiddens,
-                            **checkpoint_config(args, snap, meta)}, sample, str(args.out))
-    return {"README.md": str(card).encode(), "perplexity.png": plot_perplexity(snap.history),
-            **snap.files()}
+                            **checkpoint_config(args, snap, meta)}, sample, ref)
+    return {CARD_NAME: str(card).encode(), PLOT_NAME: plot_perplexity(snap.history)}
 
 
 def plot_perplexity(history) -> bytes:

@@ -1,6 +1,7 @@
 """The model card (README.md of a checkpoint): YAML metadata the Hub indexes, plus prose."""
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -86,9 +87,34 @@ def code_url() -> str | None:
     return url if url.startswith("https://") else None
 
 
+NUMBERS = ("num_epochs", "lr", "batch_size", "num_steps", "num_train_tokens", "final_ppl",
+           "final_val_ppl", "best_val_ppl", "tokens_per_sec")
+TEXTS = ("data_name", "data_sha1", "device", "optimizer", "command")
+
+
+def training_metadata(config: dict) -> dict:
+    """The `training` entries the card shows, each checked: numbers finite and sane, texts one
+    short line; anything else (a list, "n/a", a 400-digit integer) is shown as unknown."""
+    t = config.get("training")
+    t = t if isinstance(t, dict) else {}
+    clean = {}
+    for key in NUMBERS:
+        x = t.get(key)
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            continue
+        if (isinstance(x, int) and abs(x) < 10 ** 15) or (isinstance(x, float) and math.isfinite(x)):
+            clean[key] = x
+    for key in TEXTS:
+        x = t.get(key)
+        if isinstance(x, str) and x.strip():
+            clean[key] = " ".join(x.replace("`", "'").split())[:300]
+    clean["use_random_iter"] = t.get("use_random_iter") is True
+    return clean
+
+
 def make_model_card(config: dict, sample: str, model_ref: str = "path/to/checkpoint") -> ModelCard:
     """Build the card from a checkpoint's config; `model_ref` is how users will load it."""
-    t = config.get("training", {})
+    t = training_metadata(config)
     metric = t.get("best_val_ppl") or t.get("final_ppl")
     split = "validation" if t.get("best_val_ppl") else "train"
     data_name = t.get("data_name", "unknown text")

@@ -14,14 +14,17 @@ file header before any tensor is allocated.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import lzma
 import os
+import secrets
 import shutil
-import tempfile
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -34,6 +37,10 @@ WEIGHTS_NAME, VOCAB_NAME, CONFIG_NAME, CARD_NAME = (
     "model.safetensors", "vocab.json", "config.json", "README.md")
 TRAINING_TEXT_NAME = "training_text.xz"
 MODEL_FILES = (WEIGHTS_NAME, VOCAB_NAME, CONFIG_NAME)
+PLOT_NAME, STATE_JSON, STATE_TENSORS = (
+    "perplexity.png", "training_state.json", "training_state.safetensors")
+CHECKPOINT_FILES = (*MODEL_FILES, CARD_NAME, PLOT_NAME, TRAINING_TEXT_NAME, STATE_JSON,
+                    STATE_TENSORS)  # what a checkpoint folder may hold, and nothing else
 FORMAT = "d2l-char-rnn-scratch"
 
 # Sanity limits, checked before allocating: a hostile or mistaken config must not take the
@@ -66,21 +73,27 @@ class Checkpoint:
 
 
 def save_checkpoint(out_dir: str | os.PathLike, weights: dict[str, torch.Tensor], vocab: Vocab,
-                    config: dict, files: dict[str, bytes] | None = None) -> Path:
+                    config: dict, files: dict[str, bytes] | None = None,
+                    log: Callable[[str], None] | None = None) -> Path:
     """Write a checkpoint folder atomically: the five `weights`, the vocabulary, the config
     and any extra `files` (name → bytes: the card, a plot, resume state).
 
-    Everything is written into a fresh sibling folder first; then the old folder (if any)
-    is renamed aside and the new one renamed into place. A crash while writing leaves the
-    previous checkpoint untouched; `recover_checkpoint` puts it back if a crash fell
-    between the two renames.
+    Only an absent or empty folder, or a checkpoint of this project, is ever replaced
+    (`check_out_folder`). Everything is written into a fresh sibling folder first and synced;
+    then the old folder (if any) is renamed aside, the new one renamed into place and the old
+    one deleted. A crash at any point leaves the previous checkpoint or the new one;
+    `recover_interrupted_save` (run first) tidies what an interrupted save left and reports
+    each step to `log` (default: stderr). One writer per folder: train.py holds a lock.
     """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise CheckpointError(f"--out {out} is a file, not a folder; choose another path")
+    unknown = set(files or ()) - set(CHECKPOINT_FILES)
+    if unknown:
+        raise ValueError(f"not checkpoint files: {sorted(unknown)}")
+    check_out_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    recover_checkpoint(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    for note in recover_interrupted_save(out):
+        (log or _to_stderr)(note)
+    tmp = _make_temp_folder(out)
     try:
         tensors = {name: weights[name].detach().to("cpu", torch.float32).contiguous()
                    for name in PARAM_NAMES}
@@ -90,13 +103,13 @@ def save_checkpoint(out_dir: str | os.PathLike, weights: dict[str, torch.Tensor]
                                         "num_hiddens": tensors["W_hh"].shape[0], **config})
         for name, data in (files or {}).items():
             (tmp / name).write_bytes(data)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        for f in [*tmp.iterdir(), tmp]:
+            _fsync(f)
         old = _previous(out)
         if out.exists():
             os.rename(out, old)
         os.rename(tmp, out)
+        _fsync(out.parent)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -104,16 +117,116 @@ def save_checkpoint(out_dir: str | os.PathLike, weights: dict[str, torch.Tensor]
     return out
 
 
-def _previous(out: Path) -> Path:
-    return out.with_name(f".{out.name}.previous")
+def check_out_folder(out: str | os.PathLike) -> None:
+    """Refuse (CheckpointError, with the reason) any `out` a save must not replace: only an
+    absent or empty folder, or a checkpoint of this project holding nothing but checkpoint
+    files, may be written. Never `.`, a file, or a symbolic link."""
+    out = Path(out)
+    if out.name in ("", ".", ".."):
+        raise CheckpointError(f"--out {out} does not name a checkpoint folder (saving replaces the "
+                              "whole folder); name a new one, e.g. --out runs/rnn")
+    if out.is_symlink():
+        raise CheckpointError(f"--out {out} is a symbolic link (to {os.readlink(out)}); saving "
+                              "would replace the link, not write into its target: pass the "
+                              "target folder itself or a new folder")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise CheckpointError(f"--out {out} is a file, not a folder; choose another path")
+    entries = sorted(os.listdir(out))
+    if not entries:
+        return
+    foreign = [e for e in entries if e not in CHECKPOINT_FILES or (out / e).is_symlink()
+               or not (out / e).is_file()]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise CheckpointError(f"--out {out} holds files that are not part of a checkpoint "
+                              f"({shown}); saving replaces the whole folder and would delete "
+                              "them: choose a new folder")
+    if not is_checkpoint_folder(out):
+        raise CheckpointError(f"--out {out} is not a checkpoint of this project (its {CONFIG_NAME} "
+                              f"does not say format {FORMAT!r}); saving would replace it: choose "
+                              "a new folder")
+
+
+def is_checkpoint_folder(folder: str | os.PathLike) -> bool:
+    """Whether `folder` was written by this project: its config.json names the format."""
+    try:
+        config = _read_json(Path(folder) / CONFIG_NAME)
+    except CheckpointError:
+        return False
+    return isinstance(config, dict) and config.get("format") == FORMAT
+
+
+def recover_interrupted_save(out: str | os.PathLike) -> list[str]:
+    """Tidy whatever an interrupted save of `out` left, returning what was done (one line each):
+    the previous checkpoint set aside (`.NAME.previous`) is put back if `out` is missing, or
+    deleted if the new one is in place; unfinished temporary folders (`.NAME.tmp-*`) are
+    deleted. Only folders holding nothing but checkpoint files are ever deleted or moved."""
+    out = Path(out)
+    notes = []
+    old = _previous(out)
+    if old.is_symlink() or old.exists():
+        _check_leftover(old, out)
+        if not out.exists() and not out.is_symlink():
+            os.rename(old, out)
+            notes.append(f"note: restored {out} from {old.name}, the previous checkpoint that an "
+                         "interrupted save had set aside")
+        else:
+            shutil.rmtree(old)
+            notes.append(f"note: deleted {old.name}, an old copy of {out.name} that an "
+                         "interrupted save had not finished deleting")
+    for tmp in sorted(out.parent.glob(f".{glob.escape(out.name)}.tmp-*")):
+        _check_leftover(tmp, out)
+        shutil.rmtree(tmp)
+        notes.append(f"note: deleted {tmp.name}, an unfinished save of {out.name} left by an "
+                     "interrupted run")
+    return notes
 
 
 def recover_checkpoint(out: str | os.PathLike) -> None:
     """Undo a save interrupted between its two renames (the old folder is set aside)."""
     out = Path(out)
     old = _previous(out)
-    if old.is_dir() and not out.exists():
+    if old.is_dir() and not old.is_symlink() and not out.exists():
         os.rename(old, out)
+
+
+def _check_leftover(folder: Path, out: Path) -> None:
+    """A leftover may only be moved or deleted if it holds nothing but checkpoint files."""
+    if folder.is_symlink() or not folder.is_dir() or any(
+            e not in CHECKPOINT_FILES or (folder / e).is_symlink() or not (folder / e).is_file()
+            for e in os.listdir(folder)):
+        raise CheckpointError(f"{folder} is in the way of saving {out} but is not a leftover of "
+                              "this project's saves (it holds other files); move it away")
+
+
+def _make_temp_folder(out: Path) -> Path:
+    """A fresh sibling folder `.NAME.tmp-XXXXXXXX`, created with the umask's mode (tempfile's
+    0700 would hide the checkpoint from other users, such as a server's)."""
+    while True:
+        tmp = out.with_name(f".{out.name}.tmp-{secrets.token_hex(4)}")
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _to_stderr(note: str) -> None:
+    print(note, file=sys.stderr)
+
+
+def _previous(out: Path) -> Path:
+    return out.with_name(f".{out.name}.previous")
 
 
 def _write_json(path: Path, obj) -> None:
@@ -127,8 +240,20 @@ def _read_json(path: Path):
         raise CheckpointError(f"{path} is larger than {MAX_JSON_BYTES >> 20} MB; not a checkpoint file")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:  # bad UTF-8, bad JSON, or an integer too long to convert
         raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+
+
+def check_model_size(vocab_size, num_hiddens) -> None:
+    """The sizes a checkpoint may have: the loader refuses others, and train.py checks them
+    before training so it never writes a checkpoint its own loader refuses."""
+    V, H = vocab_size, num_hiddens
+    for key, value, limit in (("vocab_size", V, MAX_VOCAB_SIZE), ("num_hiddens", H, MAX_NUM_HIDDENS)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+            raise CheckpointError(f"{key} must be an integer from 1 to {limit}, got {value!r}")
+    if V * H * 2 + H * H > MAX_PARAMETERS:
+        raise CheckpointError(f"vocab_size {V} and num_hiddens {H} make more than "
+                              f"{MAX_PARAMETERS:,} parameters; refusing to allocate")
 
 
 def read_config(folder: str | os.PathLike) -> dict:
@@ -137,13 +262,10 @@ def read_config(folder: str | os.PathLike) -> dict:
     config = _read_json(path)
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
-    V, H = config.get("vocab_size"), config.get("num_hiddens")
-    for key, value, limit in (("vocab_size", V, MAX_VOCAB_SIZE), ("num_hiddens", H, MAX_NUM_HIDDENS)):
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
-            raise CheckpointError(f"{path}: {key} must be an integer from 1 to {limit}, got {value!r}")
-    if V * H * 2 + H * H > MAX_PARAMETERS:
-        raise CheckpointError(f"{path}: vocab_size {V} and num_hiddens {H} make more than "
-                              f"{MAX_PARAMETERS:,} parameters; refusing to allocate")
+    try:
+        check_model_size(config.get("vocab_size"), config.get("num_hiddens"))
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     if config.get("normalization") not in NORMALIZATIONS:
         raise CheckpointError(f"{path}: normalization must be one of {NORMALIZATIONS}, "
                               f"got {config.get('normalization')!r}")

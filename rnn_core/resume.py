@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,10 +16,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load, save
 
-from .checkpoint import CheckpointError
+from .checkpoint import MAX_JSON_BYTES, STATE_JSON, STATE_TENSORS, CheckpointError
+from .model import PARAM_NAMES
 from .training import EpochResult
 
-STATE_TENSORS, STATE_JSON = "training_state.safetensors", "training_state.json"
+ADAM_STATE_KEYS = {"step", "exp_avg", "exp_avg_sq"}  # what torch.optim.Adam keeps per parameter
 
 
 @dataclass
@@ -31,15 +33,16 @@ class TrainingState:
     python_rng: tuple
     torch_rng: torch.Tensor
     history: list[EpochResult] = field(default_factory=list)
+    data_sha1: str | None = None  # the training text's, checked on resume
 
     @classmethod
     def capture(cls, epoch: int, args: dict, net: torch.nn.Module, updater,
-                history: list[EpochResult]) -> "TrainingState":
+                history: list[EpochResult], data_sha1: str | None = None) -> "TrainingState":
         """Copy the live run (cheap: a few MB) so it can be saved later, even mid-epoch."""
         opt = (copy.deepcopy(updater.state_dict()["state"])
                if isinstance(updater, torch.optim.Optimizer) else {})
         return cls(epoch, dict(args), {k: v.detach().clone() for k, v in net.named_parameters()},
-                   opt, random.getstate(), torch.get_rng_state(), list(history))
+                   opt, random.getstate(), torch.get_rng_state(), list(history), data_sha1)
 
     def files(self) -> dict[str, bytes]:
         """The two files, as bytes for `save_checkpoint`."""
@@ -52,7 +55,8 @@ class TrainingState:
                 else:
                     scalars[f"optim.{idx}.{key}"] = value
         version, internal, gauss = self.python_rng
-        meta = {"epoch": self.epoch, "args": self.args, "optim_scalars": scalars,
+        meta = {"epoch": self.epoch, "args": self.args, "data_sha1": self.data_sha1,
+                "optim_scalars": scalars,
                 "python_rng": [version, list(internal), gauss],
                 "history": [asdict(h) for h in self.history]}
         return {STATE_TENSORS: save(tensors),
@@ -63,31 +67,101 @@ class TrainingState:
         torch.set_rng_state(self.torch_rng)
 
     def restore_optimizer(self, updater) -> None:
-        if isinstance(updater, torch.optim.Optimizer) and self.optimizer_state:
+        """Load the saved optimizer state into `updater` (torch.optim.Adam; the book's SGD has
+        none), refusing a state that is not one Adam leaves after an epoch."""
+        if isinstance(updater, torch.optim.Optimizer):
+            num_params = sum(len(g["params"]) for g in updater.param_groups)
+            if (sorted(self.optimizer_state) != list(range(num_params)) or any(
+                    set(st) != ADAM_STATE_KEYS for st in self.optimizer_state.values())):
+                raise CheckpointError(f"the saved optimizer state is not Adam's for {num_params} "
+                                      f"parameters (each with {sorted(ADAM_STATE_KEYS)}); the "
+                                      "resume state is damaged or edited")
             sd = updater.state_dict()
             sd["state"] = self.optimizer_state
             updater.load_state_dict(sd)
 
 
 def load_training_state(folder: str | Path, weights: dict[str, torch.Tensor]) -> TrainingState:
-    """Read the resume files of a checkpoint folder (weights come from `model.safetensors`)."""
+    """Read and check the resume files of a checkpoint folder (weights come from
+    `model.safetensors`). Anything malformed is a CheckpointError naming the problem; the
+    run's arguments are checked by the caller (train.py parses them like a command line)."""
     folder = Path(folder)
     tpath, jpath = folder / STATE_TENSORS, folder / STATE_JSON
     if not (tpath.is_file() and jpath.is_file()):
         raise CheckpointError(f"{folder} has no {STATE_JSON}/{STATE_TENSORS}; it was not written "
                               "by a run that can be resumed (or it is a pushed model folder)")
     try:
+        if jpath.stat().st_size > MAX_JSON_BYTES:
+            raise ValueError(f"{STATE_JSON} is larger than {MAX_JSON_BYTES >> 20} MB")
         tensors = load(tpath.read_bytes())
-        meta = json.loads(jpath.read_text())
-        version, internal, gauss = meta["python_rng"]
-    except Exception as e:  # any damage to these files means the same thing to the user
-        raise CheckpointError(f"{folder}: resume state is damaged ({e}); "
+        meta = json.loads(jpath.read_text(encoding="utf-8"))
+        return _parse_state(meta, tensors, weights)
+    except (OSError, ValueError, TypeError, KeyError, IndexError, OverflowError,
+            RuntimeError) as e:  # any damage to these files means the same thing to the user
+        reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise CheckpointError(f"{folder}: the resume state is damaged or edited ({reason}); "
                               "start a new run or resume from another copy") from None
+
+
+def _parse_state(meta, tensors: dict[str, torch.Tensor],
+                 weights: dict[str, torch.Tensor]) -> TrainingState:
+    """Check every field of the resume files and build the state (raises ValueError)."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"{STATE_JSON} must hold a JSON object")
+    epoch, history, args = meta.get("epoch"), meta.get("history"), meta.get("args")
+    if not _is_int(epoch) or epoch < 1:
+        raise ValueError(f"epoch must be a whole number of at least 1, got {epoch!r}")
+    if not isinstance(args, dict):
+        raise ValueError("args must be a JSON object of the run's settings")
+    if not isinstance(history, list) or len(history) != epoch:
+        raise ValueError(f"history must list the {epoch} finished epochs")
+    results = []
+    for i, h in enumerate(history, 1):
+        if not (isinstance(h, dict) and set(h) == {"epoch", "ppl", "speed", "val_ppl"}
+                and h["epoch"] == i and _is_number(h["ppl"]) and _is_number(h["speed"])
+                and (h["val_ppl"] is None or _is_number(h["val_ppl"]))):
+            raise ValueError(f"history entry {i} must be {{epoch: {i}, ppl, speed, val_ppl}} "
+                             "with finite numbers")
+        results.append(EpochResult(**h))
+    sha1 = meta.get("data_sha1")
+    if sha1 is not None and not (isinstance(sha1, str) and len(sha1) == 40):
+        raise ValueError(f"data_sha1 must be a 40-character hex string, got {sha1!r}")
+    rng = meta.get("python_rng")
+    if not (isinstance(rng, list) and len(rng) == 3 and isinstance(rng[1], list)):
+        raise ValueError("python_rng is not a saved state of Python's random")
+    python_rng = (rng[0], tuple(rng[1]), rng[2])
+    random.Random().setstate(python_rng)  # checks it thoroughly, on a throwaway generator
+    torch_rng = tensors.get("torch_rng")
+    expected = torch.get_rng_state()
+    if torch_rng is None or torch_rng.dtype != expected.dtype or torch_rng.shape != expected.shape:
+        raise ValueError("torch_rng is not a saved state of torch's CPU generator")
+    scalars = meta.get("optim_scalars")
+    if not isinstance(scalars, dict):
+        raise ValueError("optim_scalars must be a JSON object")
     optimizer_state: dict[int, dict] = {}
-    for name, value in [*tensors.items(), *meta["optim_scalars"].items()]:
-        if name.startswith("optim."):
-            _, idx, key = name.split(".", 2)
-            optimizer_state.setdefault(int(idx), {})[key] = value
-    return TrainingState(meta["epoch"], meta["args"], weights, optimizer_state,
-                         (version, tuple(internal), gauss), tensors["torch_rng"],
-                         [EpochResult(**h) for h in meta["history"]])
+    for name, value in [*tensors.items(), *scalars.items()]:
+        if name == "torch_rng":
+            continue
+        parts = name.split(".", 2)
+        if not (len(parts) == 3 and parts[0] == "optim" and parts[1].isdigit()
+                and int(parts[1]) < len(PARAM_NAMES) and parts[2]):
+            raise ValueError(f"unexpected optimizer entry {name!r}")
+        idx, key = int(parts[1]), parts[2]
+        param = weights[PARAM_NAMES[idx]]
+        if torch.is_tensor(value) and value.dim() > 0 and (value.shape != param.shape
+                                                           or value.dtype != param.dtype):
+            raise ValueError(f"optimizer tensor {name} is {value.dtype} {tuple(value.shape)}, but "
+                             f"{PARAM_NAMES[idx]} is {param.dtype} {tuple(param.shape)}")
+        if not torch.is_tensor(value) and not (_is_number(value) or isinstance(value, bool)):
+            raise ValueError(f"optimizer entry {name} must be a number, got {value!r}")
+        optimizer_state.setdefault(idx, {})[key] = value
+    return TrainingState(epoch, args, weights, optimizer_state, python_rng, torch_rng, results,
+                         sha1)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -1,8 +1,11 @@
 """Training as in §8.5: BPTT over a minibatch, state detach, gradient clipping, perplexity."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -21,6 +24,55 @@ KERNELS = ("book", "fast")
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the weights of that epoch are not to be kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training was asked to stop (Ctrl-C, or SIGTERM from `docker stop`, Slurm, Kubernetes);
+    `exit_status` is the shell's convention, 128 + the signal number (130, 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.exit_status = signum, 128 + signum
+
+
+class StopSignals:
+    """`with StopSignals() as stop:` turns SIGINT and SIGTERM into `Interrupted` in the main
+    thread; inside `with stop.deferred():` (a save) a signal waits until the block ends, so
+    a checkpoint is never abandoned halfway. The previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.pending: int | None = None
+        self._depth, self._previous = 0, {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals reach only the main thread; nothing to install elsewhere
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self._depth:
+            self.pending = signum
+        else:
+            raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        if not self._depth and self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise Interrupted(signum)
 
 
 def grad_clipping(net: nn.Module, theta: float) -> None:
