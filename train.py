@@ -259,7 +259,7 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace) -> int:
             files.update(card_and_plot(snap, vocab, args, meta))
         save_checkpoint(args.out, snap.weights, vocab,
                         {**checkpoint_config(args, snap, meta), "training_text": text_entry},
-                        files=files, log=tqdm.write)
+                        files=files, log=warn)
         saved_epoch = snap.epoch
 
     def on_epoch(result):
@@ -274,7 +274,7 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace) -> int:
                 with stop.deferred():
                     save(last, complete=False)
             except (OSError, CheckpointError) as e:
-                tqdm.write(f"warning: could not save epoch {result.epoch} to {args.out} "
+                warn(f"warning: could not save epoch {result.epoch} to {args.out} "
                            f"({reason(e)}); {saved_state(saved_epoch, args.out)}; training "
                            "goes on and the next save tries again")
 
@@ -320,6 +320,11 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace) -> int:
     if status:
         return status
     return push(args.out, hub) if hub.push_to_hub else 0
+
+
+def warn(message: str) -> None:
+    """A line on stderr that keeps the progress bar intact."""
+    tqdm.write(message, file=sys.stderr)
 
 
 def reason(e: Exception) -> str:

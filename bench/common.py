@@ -18,6 +18,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def book_text() -> Path:
+    """The book's timemachine.txt: $TIMEMACHINE_TXT or ../shared/data/ beside the checkout (as
+    the tests use) when present, else downloaded once (raises DataError when that fails)."""
+    local = Path(os.environ.get("TIMEMACHINE_TXT", ROOT.parent / "shared" / "data" / "timemachine.txt"))
+    if local.is_file():
+        return local
+    from rnn_core.data import download_time_machine
+    return download_time_machine()
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (or platform's guess elsewhere)."""
     try:

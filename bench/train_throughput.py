@@ -39,9 +39,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common import isa_info, machine_info, summary
+from common import book_text, isa_info, machine_info, summary
 
-from rnn_core.data import DataError, download_time_machine, load_corpus, read_text, SeqDataLoader
+from rnn_core.data import DataError, load_corpus, read_text, SeqDataLoader
 from rnn_core.fast import FastRNN, fused_fits, onednn_available, onednn_prepack_available
 from rnn_core.model import RNNModelScratch
 from rnn_core.training import make_updater, train_epoch_ch8
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=9, help="measured rounds (one epoch each)")
     p.add_argument("--warmup", type=int, default=2, help="rounds run first and not counted")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--data", default=None, help="the book's text (default: download and cache)")
+    p.add_argument("--data", default=None,
+                   help="the book's text (default: ../shared/data/timemachine.txt, else download)")
     p.add_argument("--max-tokens", type=int, default=MAX_TOKENS,
                    help="characters of the text to train on (the book: 10000, 8 minibatches)")
     p.add_argument("--quick", action="store_true",
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
-        text = read_text(args.data or download_time_machine())
+        text = read_text(args.data or book_text())
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ import hashlib
 import json
 import lzma
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -97,7 +98,7 @@ def save_checkpoint(out_dir: str | os.PathLike, weights: dict[str, torch.Tensor]
     try:
         tensors = {name: weights[name].detach().to("cpu", torch.float32).contiguous()
                    for name in PARAM_NAMES}
-        save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+        _save_weights(tensors, tmp / WEIGHTS_NAME)
         _write_json(tmp / VOCAB_NAME, vocab.idx_to_token)
         _write_json(tmp / CONFIG_NAME, {"format": FORMAT, "vocab_size": len(vocab),
                                         "num_hiddens": tensors["W_hh"].shape[0], **config})
@@ -143,19 +144,13 @@ def check_out_folder(out: str | os.PathLike) -> None:
         raise CheckpointError(f"--out {out} holds files that are not part of a checkpoint "
                               f"({shown}); saving replaces the whole folder and would delete "
                               "them: choose a new folder")
-    if not is_checkpoint_folder(out):
-        raise CheckpointError(f"--out {out} is not a checkpoint of this project (its {CONFIG_NAME} "
-                              f"does not say format {FORMAT!r}); saving would replace it: choose "
-                              "a new folder")
-
-
-def is_checkpoint_folder(folder: str | os.PathLike) -> bool:
-    """Whether `folder` was written by this project: its config.json names the format."""
     try:
-        config = _read_json(Path(folder) / CONFIG_NAME)
-    except CheckpointError:
-        return False
-    return isinstance(config, dict) and config.get("format") == FORMAT
+        config = _read_json(out / CONFIG_NAME)
+        if not (isinstance(config, dict) and config.get("format") == FORMAT):
+            raise CheckpointError(f"its {CONFIG_NAME} does not say format {FORMAT!r}")
+    except CheckpointError as e:
+        raise CheckpointError(f"--out {out} is not a checkpoint of this project ({e}); saving "
+                              "would replace it: choose a new folder") from None
 
 
 def recover_interrupted_save(out: str | os.PathLike) -> list[str]:
@@ -211,6 +206,17 @@ def _make_temp_folder(out: Path) -> Path:
             return tmp
         except FileExistsError:
             continue
+
+
+def _save_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' save_file, its I/O failures (a full disk) raised as the OSError they are."""
+    try:
+        save_file(tensors, path, metadata={"format": "pt"})
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code:
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
+        raise OSError(f"could not write {path} ({e})") from None
 
 
 def _fsync(path: Path) -> None:

@@ -26,7 +26,7 @@ from huggingface_hub.errors import (HfHubHTTPError, HFValidationError, LocalEntr
                                     RevisionNotFoundError)
 from huggingface_hub.utils import validate_repo_id
 
-from .card import make_model_card
+from .card import make_model_card, training_metadata
 from .checkpoint import (CARD_NAME, CONFIG_NAME, MAX_TRAINING_TEXT_BYTES, MODEL_FILES,
                          TRAINING_TEXT_NAME, VOCAB_NAME, WEIGHTS_NAME, Checkpoint, CheckpointError,
                          load_checkpoint, read_config)
@@ -157,10 +157,29 @@ def check_repo_id(repo_id: str, what: str = "--push-to-hub needs a repo id") -> 
 
 
 def check_push_target(repo_id: str, token: str | None = None) -> None:
-    """Refuse a malformed repo id or a missing token before any work (or training) starts."""
+    """Refuse a malformed repo id, or a token that is missing, refused by the Hub (whoami) or
+    read-only, before any work (or training) starts."""
     check_repo_id(repo_id)
     if (token or get_token()) is None:
         raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again")
+    try:
+        me = HfApi(token=token).whoami()
+    except HfHubHTTPError as e:
+        if e.response.status_code == 401:
+            raise HubError(f"the Hub at {constants.ENDPOINT} refused the Hugging Face token "
+                           "(invalid or expired): set a valid HF_TOKEN or run `hf auth login`, "
+                           "then try again") from None
+        raise HubError(f"could not check the token with the Hub at {constants.ENDPOINT} "
+                       f"({_reason(e)}); try again later") from None
+    except NETWORK_ERRORS as e:
+        raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} to check the token "
+                       f"({_reason(e)}); check your connection, or train without --push-to-hub "
+                       "and push later with --push-only") from None
+    auth = me.get("auth") if isinstance(me, dict) else None
+    access = auth.get("accessToken") if isinstance(auth, dict) else None
+    if isinstance(access, dict) and access.get("role") == "read":
+        raise HubError("the Hugging Face token is read-only and cannot push: create one with "
+                       "write access (huggingface.co/settings/tokens) and set HF_TOKEN")
 
 
 def push_checkpoint(folder: str | os.PathLike, repo_id: str, *, private: bool = False,
@@ -181,7 +200,7 @@ def push_checkpoint(folder: str | os.PathLike, repo_id: str, *, private: bool = 
     card = make_model_card(ckpt.config, sample, repo_id)
     ops = [CommitOperationAdd(name, folder / name) for name in PUSHED_FILES if (folder / name).is_file()]
     ops.append(CommitOperationAdd(CARD_NAME, str(card).encode()))
-    t = ckpt.config.get("training", {})
+    t = training_metadata(ckpt.config)
     message = commit_message or (f"Upload char-RNN ({ckpt.config['num_hiddens']} hidden units, "
                                  f"{t.get('num_epochs', '?')} epochs)")
     branch = revision or "main"

@@ -3,6 +3,7 @@
 It implements just what `huggingface_hub` 2.x calls to push and pull model and Space repos
 ({type} is "models" or "spaces"; {prefix} is "" for models, "spaces/" for Spaces):
 
+    GET  /api/whoami-v2                             the token's user and role (401 if invalid)
     POST /api/repos/create                          create a repo (409 if it exists); Spaces need an sdk
     POST /api/validate-yaml                         check a README's YAML front matter
     GET  /api/{type}/{repo}[/revision/{rev}]        repo info: sha of the revision, files (, sdk)
@@ -22,7 +23,8 @@ history, so pulling an old commit by sha works. Files matching the `.gitattribut
 writes into new repos (`*.safetensors`, `*.png`, ...) are LFS files; the server speaks the
 legacy LFS protocol, not Xet, so clients must run with `HF_HUB_DISABLE_XET=1`.
 
-Test hooks: `tokens` (token → user), `fail_next(route, mode)` to inject a server error
+Test hooks: `tokens` (token → user), `read_only` (tokens whose role is "read"),
+`fail_next(route, mode)` to inject a server error
 ("500") or a dropped connection ("drop") into the next request on a route, `gate(route, n)` to
 hold the next n requests on a route until all n have arrived (then serve them in arrival
 order: a race made certain), `requests` (a log of (method, path)), and `put_commit` to seed
@@ -123,6 +125,7 @@ class HubServer:
 
     def __init__(self, tokens: dict[str, str] | None = None, port: int = 0):
         self.tokens = dict(tokens or {})
+        self.read_only: set[str] = set()  # tokens whose role is "read": whoami says so, writes fail
         self.repos: dict[str, Repo] = {}    # model repos
         self.spaces: dict[str, Repo] = {}   # Space repos
         self.lfs: dict[str, bytes] = {}
@@ -319,6 +322,8 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
         def _route(self, method: str, p: list[str]):
             if method == "POST" and p == ["api", "repos", "create"]:
                 return "create", self.create_repo, ()
+            if method == "GET" and p == ["api", "whoami-v2"]:
+                return "whoami", self.whoami, ()
             if method == "POST" and p == ["api", "validate-yaml"]:
                 return "validate-yaml", self.validate_yaml, ()
             if len(p) >= 4 and p[0] == "api" and p[1] in ("models", "spaces"):
@@ -360,6 +365,9 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 raise HubError(401, "Invalid credentials in Authorization header")
             return user
 
+        def _token(self) -> str:
+            return self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+
         def _readable(self, repo: tuple[str, str]) -> Repo:
             """`repo` is (repo type, repo id)."""
             user = self._user()
@@ -370,7 +378,7 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
 
         def _writable(self, repo_id: tuple[str, str]) -> Repo:
             repo = self._readable(repo_id)
-            if self._user() != repo.owner:
+            if self._user() != repo.owner or self._token() in hub.read_only:
                 raise HubError(403, "You don't have the rights to write to this repo")
             return repo
 
@@ -385,6 +393,8 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             user = self._user()
             if user is None:
                 raise HubError(401, "You must be authenticated to create a repo")
+            if self._token() in hub.read_only:
+                raise HubError(403, "This token is read-only")
             payload = json.loads(body)
             namespace = payload.get("organization") or user
             if namespace != user:
@@ -403,6 +413,15 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 private = payload.get("visibility") == "private" or bool(payload.get("private"))
                 hub._create_repo(repo_id, user, private, repo_type, sdk)
             self._json(200, {"url": url, "name": repo_id})
+
+        def whoami(self, body: bytes) -> None:
+            user = self._user()
+            if user is None:
+                raise HubError(401, "Invalid credentials in Authorization header")
+            role = "read" if self._token() in hub.read_only else "write"
+            self._json(200, {"type": "user", "name": user, "orgs": [],
+                             "auth": {"type": "access_token",
+                                      "accessToken": {"displayName": "test", "role": role}}})
 
         def validate_yaml(self, body: bytes) -> None:
             payload = json.loads(body)
