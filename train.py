@@ -274,9 +274,9 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace) -> int:
                 with stop.deferred():
                     save(last, complete=False)
             except (OSError, CheckpointError) as e:
-                warn(f"warning: could not save epoch {result.epoch} to {args.out} "
-                           f"({reason(e)}); {saved_state(saved_epoch, args.out)}; training "
-                           "goes on and the next save tries again")
+                warn(f"warning: could not save epoch {result.epoch} to {args.out} ({reason(e)}); "
+                     f"{saved_state(saved_epoch, args.out)}; training goes on and the next save "
+                     "tries again")
 
     resume_hint = f"continue with: python train.py --resume {shlex.quote(str(args.out))}"
     status = 0
@@ -308,18 +308,35 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace) -> int:
         done = f"saved checkpoint to {args.out}"
     try:
         with StopSignals() as stop, stop.deferred():  # a second Ctrl-C waits for the save
-            save(last, complete=True)
-    except (OSError, CheckpointError) as e:
-        print(f"error: could not write the checkpoint of epoch {last.epoch} to {args.out} "
-              f"({reason(e)}); {saved_state(saved_epoch, args.out)}" +
-              (f"; free some space, then {resume_hint}" if saved_epoch else ""), file=sys.stderr)
-        return EXIT_SAVE_FAILED
+            try:
+                save(last, complete=True)
+            except (OSError, CheckpointError) as e:
+                print(f"error: could not write the checkpoint of epoch {last.epoch} to {args.out} "
+                      f"({reason(e)}); {saved_state(saved_epoch, args.out)}; "
+                      f"{rescue(last, vocab, args, meta, saved_epoch)}", file=sys.stderr)
+                return EXIT_SAVE_FAILED
     except Interrupted as e:  # raised once the save is complete
         status = status or e.exit_status
     print(done, file=sys.stderr if status else sys.stdout)
     if status:
         return status
     return push(args.out, hub) if hub.push_to_hub else 0
+
+
+def rescue(snap: TrainingState, vocab, args, meta, saved_epoch: int) -> str:
+    """Keep a run whose --out cannot be written: save it into a new folder under the system's
+    temporary directory ($TMPDIR), often another disk. Returns what to tell the user."""
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f"{args.out.name}-rescued-")) / args.out.name
+        save_checkpoint(folder, snap.weights, vocab, checkpoint_config(args, snap, meta),
+                        files=snap.files(), log=warn)
+    except (OSError, CheckpointError) as e:
+        return (f"saving epoch {snap.epoch} under {tempfile.gettempdir()} instead failed too "
+                f"({reason(e)})" + (f"; continue from epoch {saved_epoch} with: python train.py "
+                                    f"--resume {shlex.quote(str(args.out))}" if saved_epoch else ""))
+    return (f"the run (epoch {snap.epoch}) was saved instead to {folder}: once {args.out} can be "
+            f"written, continue with: python train.py --resume {shlex.quote(str(folder))} "
+            f"--out {shlex.quote(str(args.out))}")
 
 
 def warn(message: str) -> None:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import lzma
 import os
-import re
 import secrets
 import shutil
 import sys
@@ -29,7 +28,7 @@ from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from .data import NORMALIZATIONS, Vocab
 from .model import PARAM_NAMES, RNNModelScratch, param_shapes
@@ -209,14 +208,10 @@ def _make_temp_folder(out: Path) -> Path:
 
 
 def _save_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors' save_file, its I/O failures (a full disk) raised as the OSError they are."""
-    try:
-        save_file(tensors, path, metadata={"format": "pt"})
-    except SafetensorError as e:
-        code = re.search(r"os error (\d+)", str(e))
-        if code:
-            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
-        raise OSError(f"could not write {path} ({e})") from None
+    """The safetensors file, written by Python: the umask's mode (safetensors' own writer
+    makes it 0600, unreadable to a server running as another user) and a plain OSError
+    when the disk is full."""
+    path.write_bytes(save(tensors, metadata={"format": "pt"}))
 
 
 def _fsync(path: Path) -> None:

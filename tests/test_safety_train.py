@@ -296,10 +296,39 @@ def test_a_failing_save_is_one_line_and_the_previous_checkpoint_survives(tmp_pat
     assert "training goes on and the next save tries again" in err
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "could not write the checkpoint of epoch 60" in errors[0]
-    assert f"still holds the checkpoint of epoch {saved}" in errors[0] and "--resume" in errors[0]
+    assert f"still holds the checkpoint of epoch {saved}" in errors[0] and "failed too" in errors[0]
+    assert f"continue from epoch {saved} with: python train.py --resume {out}" in errors[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no half-written folder left
     resumed = train("--resume", out)  # the disk has room again: the run completes
     assert f"after epoch {saved}" in resumed.stdout and epochs_saved(out) == 60
+
+
+def test_a_run_whose_out_cannot_be_written_at_the_end_is_rescued(tmp_path, data_path):
+    """A file dropped into --out during training: the final save must not delete it, and the
+    run is kept in a new folder under $TMPDIR instead, with the command to continue."""
+    out, tmp = tmp_path / "run", tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "train.py", "--data", str(data_path), *SMALL,
+                             "--num-epochs", "100000", "--save-every", "2", "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(tmp)})
+    wait_for(lambda: epochs_saved(out) >= 2)
+    (out / "notes.txt").write_text("mine")
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 5 and "Traceback" not in err
+    assert "warning: could not save epoch" in err and "notes.txt" in err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "was saved instead to" in errors[0], err[-2000:]
+    rescued = Path(errors[0].split("was saved instead to ")[1].split(":")[0])
+    assert rescued.parent.parent == tmp and (out / "notes.txt").read_text() == "mine"
+    epoch = epochs_saved(rescued)
+    assert epoch > epochs_saved(out) >= 2
+    command = errors[0].split("continue with: ")[1].split()
+    assert command[:3] == ["python", "train.py", "--resume"]
+    again = train(*command[2:-2], "--out", tmp_path / "fresh", "--num-epochs", epoch + 1)
+    assert f"after epoch {epoch}" in again.stdout and epochs_saved(tmp_path / "fresh") == epoch + 1
 
 
 # -- 7. never write a checkpoint the loader refuses ------------------------------------------------
@@ -308,7 +337,7 @@ def test_sizes_the_loader_refuses_are_refused_before_training(tmp_path, data_pat
     refused(train("--data", data_path, "--num-hiddens", "8193", "--out", tmp_path / "h", check=False),
             "num_hiddens must be an integer from 1 to 8192")
     wide = tmp_path / "wide.txt"  # 70,000 distinct characters, as --normalize raw keeps them
-    wide.write_text("".join(chr(0x20000 + i) for i in range(70_000)) * 2, encoding="utf-8")
+    wide.write_text("".join(chr(0x40000 + i) for i in range(70_000)) * 2, encoding="utf-8")
     refused(train("--data", wide, "--normalize", "raw", "--max-tokens", "0", "--num-hiddens", "8",
                   "--out", tmp_path / "v", check=False),
             "vocab_size must be an integer from 1 to 65536, got 70001")
