@@ -30,8 +30,9 @@ from .hub import NETWORK_ERRORS, PUSHED_FILES, HubError, _reason, check_repo_id,
 
 SDK = "gradio"
 REQUIREMENTS = ("requirements.txt", "pre-requirements.txt")  # Spaces installs pre- first
-# The Hub refuses files over 10 MB that are not stored with LFS, and a free Space has 1 GB of
-# storage (huggingface.co/docs/hub/spaces-overview); binary files here match .gitattributes.
+# The Hub refuses files over 10 MB not stored with LFS (binary files here match .gitattributes),
+# and 1 GB is the size reported as a Space repository's limit: far beyond what this app needs,
+# so a deploy that large has picked up something it should not.
 MAX_REGULAR_FILE_BYTES = 10 << 20
 MAX_SPACE_BYTES = 1 << 30
 
