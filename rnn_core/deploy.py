@@ -2,13 +2,14 @@
 
     python -m rnn_core deploy you/timemachine-chat --model you/timemachine-rnn
 
-Stages, in order, so that nothing on the Hub changes until everything has been checked:
+Stages, so that nothing on the Hub changes until everything has been checked (a missing
+token is refused before anything else):
   1. plan     the files a Space needs, read from this checkout: app.py, the rnn_core library,
               requirements.txt and pre-requirements.txt (CPU torch), .gitattributes, the
               checkpoints the app bundles (validated), and a README whose front matter is a
               valid Space card naming the model under `models:`; sizes checked against limits
-  2. check    a token; the id names a Space, not a model repo; --model exists and loads
-              (through the same checks the app uses), its revision pinned to the commit sha
+  2. check    the id names a Space, not a model repo; --model exists and loads (through the
+              same checks the app uses), its revision pinned to the commit sha
   3. upload   create the Space (Gradio SDK) if missing, then one commit on top of the commit
               the deploy started from, making the Space hold exactly the planned files
   4. set      the Space variables RNN_MODEL and RNN_MODEL_REVISION (with --model)
