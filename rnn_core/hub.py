@@ -7,7 +7,8 @@ Loading downloads only config.json, vocab.json and model.safetensors into the st
 Face cache (config first: absurd sizes are refused before the weights are fetched), all pinned
 to one commit, then validates them exactly like a local folder. It works offline from the
 cache. Pushing uploads the model files, the plot and a model card in a single commit, so a
-failed push never leaves a half-updated repo. The token comes from HF_TOKEN or `hf auth login`
+failed push never leaves a half-updated repo, on top of the commit the push started from, so
+a push that raced another one is refused instead of overwriting it. The token comes from HF_TOKEN or `hf auth login`
 (huggingface_hub's defaults) and is never printed or written anywhere.
 
 Every failure is a `HubError` (a `CheckpointError`, so a `ValueError`) with a one-line message
