@@ -134,6 +134,18 @@ def test_bundled_weights_are_lfs_files_to_git_yet_real_in_a_clone(clone):
     assert fresh.returncode == 0 and fresh.stdout == here.stdout, fresh.stderr
 
 
+def test_pip_install_from_git_holds_the_whole_package(clone, tmp_path):
+    """`pip install git+<url>` builds from the repository's committed files: every module of
+    rnn_core and the rnn-core command must come with it."""
+    target = tmp_path / "site"
+    r = run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-build-isolation",
+             "--no-deps", "--target", str(target), f"git+file://{clone}"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    committed = {p.name for p in (clone / "rnn_core").glob("*.py")}
+    assert {p.name for p in (target / "rnn_core").glob("*.py")} == committed
+    assert (target / "bin" / "rnn-core").is_file()
+
+
 PROBE = "def test_probe(data_path):\n    print('DATA', data_path)\n"
 
 
