@@ -29,12 +29,11 @@ from huggingface_hub.utils import validate_repo_id
 
 from .card import make_model_card, training_metadata
 from .checkpoint import (CARD_NAME, CONFIG_NAME, MAX_TRAINING_TEXT_BYTES, MODEL_FILES,
-                         TRAINING_TEXT_NAME, VOCAB_NAME, WEIGHTS_NAME, Checkpoint, CheckpointError,
-                         load_checkpoint, read_config)
+                         PLOT_NAME, TRAINING_TEXT_NAME, VOCAB_NAME, WEIGHTS_NAME, Checkpoint,
+                         CheckpointError, load_checkpoint, read_config)
 from .generation import predict_ch8
 from .model import param_shapes
 
-PLOT_NAME = "perplexity.png"
 # Plus the card; never training_state.*. The training text only when the folder has it.
 PUSHED_FILES = (WEIGHTS_NAME, CONFIG_NAME, VOCAB_NAME, PLOT_NAME, TRAINING_TEXT_NAME)
 HEADER_ALLOWANCE = 64 << 10  # bytes a safetensors header may add to the raw float32 weights

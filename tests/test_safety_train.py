@@ -19,6 +19,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import ROOT
+from test_train_cli import _epochs_saved as epochs_saved, _wait_for as wait_for
 
 SMALL = ["--num-hiddens", "16", "--max-tokens", "2000", "--batch-size", "4", "--num-steps", "10"]
 
@@ -46,20 +47,12 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def epochs_saved(folder: Path) -> int:
-    try:
-        return json.loads((folder / "config.json").read_text())["training"]["num_epochs"]
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def wait_for(predicate, timeout=120):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
+def start(data_path, out: Path, *flags, capture=False, **kw) -> subprocess.Popen:
+    """train.py in the background: a long run of the small model into `out`."""
+    pipe = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "train.py", "--data", str(data_path), *SMALL,
+                             "--num-epochs", "100000", *map(str, flags), "--out", str(out)],
+                            cwd=ROOT, stdout=pipe, stderr=pipe, text=True, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -177,9 +170,7 @@ def test_a_leftover_holding_other_files_is_never_deleted(tmp_path, data_path, ru
 
 def test_a_second_run_into_the_same_out_is_refused_naming_the_first(tmp_path, data_path):
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "train.py", "--data", str(data_path), *SMALL,
-                              "--num-epochs", "100000", "--save-every", "1", "--out", str(out)],
-                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = start(data_path, out, "--save-every", "1")
     try:
         wait_for(lambda: epochs_saved(out) >= 1)
         start = time.time()
@@ -209,9 +200,7 @@ def test_a_stale_lock_of_a_dead_run_is_taken_over(tmp_path, data_path):
 
 def test_a_run_killed_with_sigkill_leaves_no_lock_that_blocks_the_next(tmp_path, data_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "train.py", "--data", str(data_path), *SMALL,
-                             "--num-epochs", "100000", "--save-every", "1", "--out", str(out)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start(data_path, out, "--save-every", "1")
     wait_for(lambda: epochs_saved(out) >= 1)
     proc.kill()
     proc.wait()
@@ -223,9 +212,7 @@ def test_a_run_killed_with_sigkill_leaves_no_lock_that_blocks_the_next(tmp_path,
 
 def test_sigterm_saves_the_last_epoch_and_prints_the_resume_command(tmp_path, data_path):
     out = tmp_path / "term"
-    proc = subprocess.Popen([sys.executable, "train.py", "--data", str(data_path), *SMALL,
-                             "--num-epochs", "100000", "--save-every", "1000", "--out", str(out)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start(data_path, out, "--save-every", "1000", capture=True)
     wait_for(lambda: (out.parent / ".term.lock").exists())
     time.sleep(3)  # a few epochs, none saved yet (--save-every 1000)
     assert not out.exists()
@@ -283,9 +270,7 @@ def test_a_failing_save_is_one_line_and_the_previous_checkpoint_survives(tmp_pat
     """The file-size limit (RLIMIT_FSIZE, set on the running process) fails writes the way a
     full disk does: an OSError from write()."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "train.py", "--data", str(data_path), *SMALL,
-                             "--num-epochs", "60", "--save-every", "1", "--out", str(out)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start(data_path, out, "--num-epochs", "60", "--save-every", "1", capture=True)
     wait_for(lambda: epochs_saved(out) >= 1)
     resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (1000, 1000))  # the weights need ~5 KB
     stdout, err = proc.communicate(timeout=300)
@@ -308,10 +293,8 @@ def test_a_run_whose_out_cannot_be_written_at_the_end_is_rescued(tmp_path, data_
     run is kept in a new folder under $TMPDIR instead, with the command to continue."""
     out, tmp = tmp_path / "run", tmp_path / "tmp"
     tmp.mkdir()
-    proc = subprocess.Popen([sys.executable, "train.py", "--data", str(data_path), *SMALL,
-                             "--num-epochs", "100000", "--save-every", "2", "--out", str(out)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TMPDIR": str(tmp)})
+    proc = start(data_path, out, "--save-every", "2", capture=True,
+                 env={**os.environ, "TMPDIR": str(tmp)})
     wait_for(lambda: epochs_saved(out) >= 2)
     (out / "notes.txt").write_text("mine")
     time.sleep(1)
@@ -526,9 +509,7 @@ def test_push_only_with_odd_training_metadata_pushes_a_sane_card(hub, tmp_path, 
 
 def test_push_only_refuses_a_folder_a_run_is_writing(hub, tmp_path, data_path):
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "train.py", "--data", str(data_path), *SMALL,
-                              "--num-epochs", "100000", "--save-every", "1", "--out", str(out)],
-                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = start(data_path, out, "--save-every", "1")
     try:
         wait_for(lambda: epochs_saved(out) >= 1)
         refused(train("--push-only", out, "--push-to-hub", "alice/busy", env=hub_env(hub, tmp_path),
