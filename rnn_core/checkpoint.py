@@ -32,6 +32,7 @@ from safetensors.torch import save
 
 from .data import NORMALIZATIONS, Vocab
 from .model import PARAM_NAMES, RNNModelScratch, param_shapes
+from .runlock import is_locked
 
 WEIGHTS_NAME, VOCAB_NAME, CONFIG_NAME, CARD_NAME = (
     "model.safetensors", "vocab.json", "config.json", "README.md")
@@ -179,10 +180,11 @@ def recover_interrupted_save(out: str | os.PathLike) -> list[str]:
 
 
 def recover_checkpoint(out: str | os.PathLike) -> None:
-    """Undo a save interrupted between its two renames (the old folder is set aside)."""
+    """Undo a save interrupted between its two renames (the old folder is set aside); not
+    while a run holds the folder's lock, as its save may be between them right now."""
     out = Path(out)
     old = _previous(out)
-    if old.is_dir() and not old.is_symlink() and not out.exists():
+    if old.is_dir() and not old.is_symlink() and not out.exists() and not is_locked(out):
         os.rename(old, out)
 
 

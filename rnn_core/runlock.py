@@ -73,6 +73,21 @@ class RunLock:
             self._fd = None
 
 
+def is_locked(folder: str | os.PathLike) -> bool:
+    """Whether a live run holds `folder`'s lock (checked without taking it for long)."""
+    try:
+        fd = os.open(lock_path(Path(folder)), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the shared lock, if it was taken
+
+
 def _read(fd: int) -> dict:
     try:
         data = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace") or "{}")

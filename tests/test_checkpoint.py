@@ -65,6 +65,20 @@ def test_crash_between_the_two_renames_is_recovered(tmp_path, ckpt):
     load_checkpoint(ckpt)
 
 
+def test_loading_never_undoes_a_save_that_a_live_run_is_making(tmp_path, ckpt):
+    """Between a save's two renames only `.NAME.previous` exists; a reader (the app) must not
+    move it back while the run that is saving holds the lock."""
+    from rnn_core.runlock import RunLock
+    aside = ckpt.with_name(".ckpt.previous")
+    os.rename(ckpt, aside)
+    with RunLock(ckpt):
+        with pytest.raises(CheckpointError, match="does not exist"):
+            load_checkpoint(ckpt)
+        assert aside.is_dir() and not ckpt.exists()
+    load_checkpoint(ckpt)  # the run died mid-save: now it is put back
+    assert not aside.exists()
+
+
 def test_gpu_style_tensors_and_float_weights_load_on_cpu(ckpt):
     c = load_checkpoint(ckpt, device="cpu")
     assert c.net.W_hh.device.type == "cpu" and c.net.W_hh.dtype == torch.float32
