@@ -43,6 +43,10 @@ from rnn_core.training import (KERNELS, OPTIMIZERS, Interrupted, NonFiniteLossEr
                                make_updater, train_ch8)
 
 EXIT_REFUSED, EXIT_NONFINITE, EXIT_PUSH_FAILED, EXIT_SAVE_FAILED = 2, 3, 4, 5
+HUB_FLAGS = ("push_to_hub", "private", "commit_message", "revision", "push_only")
+RUN_SETTINGS = ("num_hiddens", "batch_size", "num_steps", "lr", "num_epochs", "max_tokens",
+                "use_random_iter", "seed", "data", "normalize", "device", "val_fraction",
+                "optimizer", "kernel", "save_every")  # what training_state.json records
 RESUMABLE = ("num_epochs", "out", "data", "device", "save_every", "resume")  # --resume may set these
 
 
@@ -186,17 +190,7 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace) -> int:
     args.num_epochs = 500 if args.num_epochs is None else args.num_epochs
     args.out = out
     check_args(args)
-    path = Path(args.data).resolve() if args.data else download_time_machine()
-    data_sha1 = sha1_of(path) if path.is_file() else None
-    if state is not None and state.data_sha1 and data_sha1 != state.data_sha1:
-        raise DataError(f"--resume {args.resume}: the run was trained on a text with sha1 "
-                        f"{state.data_sha1}, but {path} " + ("has sha1 " + data_sha1 if data_sha1 else
-                        "does not exist") + "; pass --data with the text the run was trained on")
-    text = read_text(path)
-    corpus, vocab = load_corpus(text, args.normalize, args.max_tokens)
-    if saved_vocab is not None and vocab.idx_to_token != saved_vocab.idx_to_token:
-        raise DataError(f"--resume {args.resume}: the text gives a vocabulary other than the saved "
-                        "vocab.json (the checkpoint's files do not belong together); start a new run")
+    path, data_sha1, text, corpus, vocab = read_data(args, state, saved_vocab)
     if state is not None and args.num_epochs <= state.epoch:
         if args.num_epochs < state.epoch:
             raise DataError(f"--resume {args.resume}: the run already has {state.epoch} epochs; "
@@ -323,35 +317,21 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace) -> int:
     return push(args.out, hub) if hub.push_to_hub else 0
 
 
-def rescue(snap: TrainingState, vocab, args, meta, saved_epoch: int) -> str:
-    """Keep a run whose --out cannot be written: save it into a new folder under the system's
-    temporary directory ($TMPDIR), often another disk. Returns what to tell the user."""
-    try:
-        folder = Path(tempfile.mkdtemp(prefix=f"{args.out.name}-rescued-")) / args.out.name
-        save_checkpoint(folder, snap.weights, vocab, checkpoint_config(args, snap, meta),
-                        files=snap.files(), log=warn)
-    except (OSError, CheckpointError) as e:
-        return (f"saving epoch {snap.epoch} under {tempfile.gettempdir()} instead failed too "
-                f"({reason(e)})" + (f"; continue from epoch {saved_epoch} with: python train.py "
-                                    f"--resume {shlex.quote(str(args.out))}" if saved_epoch else ""))
-    return (f"the run (epoch {snap.epoch}) was saved instead to {folder}: once {args.out} can be "
-            f"written, continue with: python train.py --resume {shlex.quote(str(folder))} "
-            f"--out {shlex.quote(str(args.out))}")
-
-
-def warn(message: str) -> None:
-    """A line on stderr that keeps the progress bar intact."""
-    tqdm.write(message, file=sys.stderr)
-
-
-def reason(e: Exception) -> str:
-    """Why a save failed, in a few words: the OS's reason (e.g. "No space left on device")."""
-    return (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
-
-
-def saved_state(epoch: int, out: Path) -> str:
-    return (f"{out} still holds the checkpoint of epoch {epoch}" if epoch else
-            f"nothing of this run is saved in {out} yet")
+def read_data(args: argparse.Namespace, state: TrainingState | None, saved_vocab):
+    """The training text (its path, sha1, text) and its corpus and vocabulary; on --resume,
+    the very text the run was trained on (by sha1) and the saved vocabulary, or a refusal."""
+    path = Path(args.data).resolve() if args.data else download_time_machine()
+    data_sha1 = sha1_of(path) if path.is_file() else None
+    if state is not None and state.data_sha1 and data_sha1 != state.data_sha1:
+        raise DataError(f"--resume {args.resume}: the run was trained on a text with sha1 "
+                        f"{state.data_sha1}, but {path} " + ("has sha1 " + data_sha1 if data_sha1 else
+                        "does not exist") + "; pass --data with the text the run was trained on")
+    text = read_text(path)
+    corpus, vocab = load_corpus(text, args.normalize, args.max_tokens)
+    if saved_vocab is not None and vocab.idx_to_token != saved_vocab.idx_to_token:
+        raise DataError(f"--resume {args.resume}: the text gives a vocabulary other than the saved "
+                        "vocab.json (the checkpoint's files do not belong together); start a new run")
+    return path, data_sha1, text, corpus, vocab
 
 
 def resume_settings(args: argparse.Namespace):
@@ -421,31 +401,6 @@ def reproducing_command(run_args: dict, data_name: str) -> str:
     return shlex.join(["python", "train.py", *argv])
 
 
-HUB_FLAGS = ("push_to_hub", "private", "commit_message", "revision", "push_only")
-RUN_SETTINGS = ("num_hiddens", "batch_size", "num_steps", "lr", "num_epochs", "max_tokens",
-                "use_random_iter", "seed", "data", "normalize", "device", "val_fraction",
-                "optimizer", "kernel", "save_every")  # what training_state.json records
-
-
-def push(folder: Path, hub: argparse.Namespace) -> int:
-    """Upload a checkpoint folder in one commit; print the commit, or how to retry on failure."""
-    from rnn_core.hub import HubError, push_checkpoint
-    try:
-        info = push_checkpoint(folder, hub.push_to_hub, private=hub.private,
-                               commit_message=hub.commit_message, revision=hub.revision)
-    except CheckpointError as e:
-        retry = ["python", "train.py", "--push-only", str(folder), "--push-to-hub", hub.push_to_hub,
-                 *(["--revision", hub.revision] if hub.revision else []),
-                 *(["--private"] if hub.private else []),
-                 *(["--commit-message", hub.commit_message] if hub.commit_message else [])]
-        hint = f"; retry with: {shlex.join(retry)}" if isinstance(e, HubError) else ""
-        print(f"error: {e}{hint}", file=sys.stderr)
-        return EXIT_PUSH_FAILED
-    print(f"pushed {folder} to {hub.push_to_hub}@{hub.revision or 'main'}: commit {info.oid}\n"
-          f"{info.commit_url}")
-    return 0
-
-
 def checkpoint_config(args: argparse.Namespace, snap: TrainingState, meta: dict) -> dict:
     """config.json: normalisation plus the training metadata of the run so far (no local paths)."""
     history = snap.history
@@ -498,6 +453,56 @@ def plot_perplexity(history) -> bytes:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def rescue(snap: TrainingState, vocab, args, meta, saved_epoch: int) -> str:
+    """Keep a run whose --out cannot be written: save it into a new folder under the system's
+    temporary directory ($TMPDIR), often another disk. Returns what to tell the user."""
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f"{args.out.name}-rescued-")) / args.out.name
+        save_checkpoint(folder, snap.weights, vocab, checkpoint_config(args, snap, meta),
+                        files=snap.files(), log=warn)
+    except (OSError, CheckpointError) as e:
+        return (f"saving epoch {snap.epoch} under {tempfile.gettempdir()} instead failed too "
+                f"({reason(e)})" + (f"; continue from epoch {saved_epoch} with: python train.py "
+                                    f"--resume {shlex.quote(str(args.out))}" if saved_epoch else ""))
+    return (f"the run (epoch {snap.epoch}) was saved instead to {folder}: once {args.out} can be "
+            f"written, continue with: python train.py --resume {shlex.quote(str(folder))} "
+            f"--out {shlex.quote(str(args.out))}")
+
+
+def warn(message: str) -> None:
+    """A line on stderr that keeps the progress bar intact."""
+    tqdm.write(message, file=sys.stderr)
+
+
+def reason(e: Exception) -> str:
+    """Why a save failed, in a few words: the OS's reason (e.g. "No space left on device")."""
+    return (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+
+
+def saved_state(epoch: int, out: Path) -> str:
+    return (f"{out} still holds the checkpoint of epoch {epoch}" if epoch else
+            f"nothing of this run is saved in {out} yet")
+
+
+def push(folder: Path, hub: argparse.Namespace) -> int:
+    """Upload a checkpoint folder in one commit; print the commit, or how to retry on failure."""
+    from rnn_core.hub import HubError, push_checkpoint
+    try:
+        info = push_checkpoint(folder, hub.push_to_hub, private=hub.private,
+                               commit_message=hub.commit_message, revision=hub.revision)
+    except CheckpointError as e:
+        retry = ["python", "train.py", "--push-only", str(folder), "--push-to-hub", hub.push_to_hub,
+                 *(["--revision", hub.revision] if hub.revision else []),
+                 *(["--private"] if hub.private else []),
+                 *(["--commit-message", hub.commit_message] if hub.commit_message else [])]
+        hint = f"; retry with: {shlex.join(retry)}" if isinstance(e, HubError) else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
+        return EXIT_PUSH_FAILED
+    print(f"pushed {folder} to {hub.push_to_hub}@{hub.revision or 'main'}: commit {info.oid}\n"
+          f"{info.commit_url}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,12 +48,39 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def start(data_path, out: Path, *flags, capture=False, **kw) -> subprocess.Popen:
-    """train.py in the background: a long run of the small model into `out`."""
-    pipe = subprocess.PIPE if capture else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "train.py", "--data", str(data_path), *SMALL,
-                             "--num-epochs", "100000", *map(str, flags), "--out", str(out)],
-                            cwd=ROOT, stdout=pipe, stderr=pipe, text=True, **kw)
+class Background:
+    """train.py running in the background (a long run of the small model); its stderr is
+    collected as it comes, so a test can wait for a line."""
+
+    def __init__(self, data_path, out: Path, *flags, **kw):
+        self.proc = subprocess.Popen(
+            [sys.executable, "train.py", "--data", str(data_path), *SMALL, "--num-epochs", "100000",
+             *map(str, flags), "--out", str(out)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+        self.pid, self.lines = self.proc.pid, []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr),
+                                        daemon=True)
+        self._reader.start()
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def finish(self, timeout=120) -> tuple[int, str]:
+        self.proc.wait(timeout)
+        self._reader.join(timeout)
+        return self.proc.returncode, self.stderr
+
+
+@pytest.fixture
+def start(data_path):
+    """`start(out, *flags)`: a Background run, killed at the end of the test if still running."""
+    runs = []
+    yield lambda out, *flags, **kw: runs.append(Background(data_path, out, *flags, **kw)) or runs[-1]
+    for run in runs:
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -168,22 +196,19 @@ def test_a_leftover_holding_other_files_is_never_deleted(tmp_path, data_path, ru
 
 # -- 3. one run per --out ---------------------------------------------------------------------------
 
-def test_a_second_run_into_the_same_out_is_refused_naming_the_first(tmp_path, data_path):
+def test_a_second_run_into_the_same_out_is_refused_naming_the_first(tmp_path, data_path, start):
     out = tmp_path / "run"
-    first = start(data_path, out, "--save-every", "1")
-    try:
-        wait_for(lambda: epochs_saved(out) >= 1)
-        start = time.time()
-        line = refused(train("--data", data_path, *SMALL, "--out", out, check=False),
-                       "is being written by another run", f"pid {first.pid} on {socket.gethostname()}",
-                       "started 20")
-        assert time.time() - start < 30  # at once, not after training
-        refused(train("--resume", out, check=False), f"pid {first.pid}")
-        assert "choose another --out" in line
-    finally:
-        first.send_signal(signal.SIGINT)
-        first.wait(timeout=60)
-    assert first.returncode == 130
+    first = start(out, "--save-every", "1")
+    wait_for(lambda: epochs_saved(out) >= 1)
+    began = time.time()
+    line = refused(train("--data", data_path, *SMALL, "--out", out, check=False),
+                   "is being written by another run", f"pid {first.pid} on {socket.gethostname()}",
+                   "started 20")
+    assert time.time() - began < 30  # at once, not after training
+    refused(train("--resume", out, check=False), f"pid {first.pid}")
+    assert "choose another --out" in line
+    first.proc.send_signal(signal.SIGINT)
+    assert first.finish()[0] == 130
     assert not (tmp_path / ".run.lock").exists()  # released on exit
 
 
@@ -198,27 +223,26 @@ def test_a_stale_lock_of_a_dead_run_is_taken_over(tmp_path, data_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-def test_a_run_killed_with_sigkill_leaves_no_lock_that_blocks_the_next(tmp_path, data_path):
+def test_a_run_killed_with_sigkill_leaves_no_lock_that_blocks_the_next(tmp_path, data_path, start):
     out = tmp_path / "run"
-    proc = start(data_path, out, "--save-every", "1")
+    run = start(out, "--save-every", "1")
     wait_for(lambda: epochs_saved(out) >= 1)
-    proc.kill()
-    proc.wait()
+    run.proc.kill()
+    run.proc.wait()
     resumed = train("--resume", out, "--num-epochs", str(epochs_saved(out) + 1))
     assert "took over the lock" in resumed.stderr and "resuming" in resumed.stdout
 
 
 # -- 4. SIGTERM is Ctrl-C -----------------------------------------------------------------------
 
-def test_sigterm_saves_the_last_epoch_and_prints_the_resume_command(tmp_path, data_path):
+def test_sigterm_saves_the_last_epoch_and_prints_the_resume_command(tmp_path, data_path, start):
     out = tmp_path / "term"
-    proc = start(data_path, out, "--save-every", "1000", capture=True)
-    wait_for(lambda: (out.parent / ".term.lock").exists())
-    time.sleep(3)  # a few epochs, none saved yet (--save-every 1000)
+    run = start(out, "--save-every", "1000")
+    wait_for(lambda: "| 2/100000 [" in run.stderr)  # two epochs done, none saved (--save-every 1000)
     assert not out.exists()
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
+    run.proc.send_signal(signal.SIGTERM)
+    status, err = run.finish()
+    assert status == 143, err
     assert "Traceback" not in err
     assert "stopped by SIGTERM: saved the run after epoch" in err
     assert f"continue with: python train.py --resume {out}" in err
@@ -266,16 +290,16 @@ def test_resume_refuses_flags_that_would_change_the_run(tmp_path, run2):
 
 # -- 6. a full disk during a save -----------------------------------------------------------------
 
-def test_a_failing_save_is_one_line_and_the_previous_checkpoint_survives(tmp_path, data_path):
+def test_a_failing_save_is_one_line_and_the_previous_checkpoint_survives(tmp_path, data_path, start):
     """The file-size limit (RLIMIT_FSIZE, set on the running process) fails writes the way a
     full disk does: an OSError from write()."""
     out = tmp_path / "run"
-    proc = start(data_path, out, "--num-epochs", "60", "--save-every", "1", capture=True)
+    run = start(out, "--num-epochs", "60", "--save-every", "1")
     wait_for(lambda: epochs_saved(out) >= 1)
-    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (1000, 1000))  # the weights need ~5 KB
-    stdout, err = proc.communicate(timeout=300)
+    resource.prlimit(run.pid, resource.RLIMIT_FSIZE, (1000, 1000))  # the weights need ~5 KB
+    status, err = run.finish(timeout=300)
     saved = epochs_saved(out)
-    assert proc.returncode == 5 and "Traceback" not in err, err[-3000:]
+    assert status == 5 and "Traceback" not in err, err[-3000:]
     assert 1 <= saved < 60
     assert "warning: could not save epoch" in err and "File too large" in err
     assert "training goes on and the next save tries again" in err
@@ -288,19 +312,18 @@ def test_a_failing_save_is_one_line_and_the_previous_checkpoint_survives(tmp_pat
     assert f"after epoch {saved}" in resumed.stdout and epochs_saved(out) == 60
 
 
-def test_a_run_whose_out_cannot_be_written_at_the_end_is_rescued(tmp_path, data_path):
+def test_a_run_whose_out_cannot_be_written_at_the_end_is_rescued(tmp_path, data_path, start):
     """A file dropped into --out during training: the final save must not delete it, and the
     run is kept in a new folder under $TMPDIR instead, with the command to continue."""
     out, tmp = tmp_path / "run", tmp_path / "tmp"
     tmp.mkdir()
-    proc = start(data_path, out, "--save-every", "2", capture=True,
-                 env={**os.environ, "TMPDIR": str(tmp)})
+    run = start(out, "--save-every", "2", env={**os.environ, "TMPDIR": str(tmp)})
     wait_for(lambda: epochs_saved(out) >= 2)
     (out / "notes.txt").write_text("mine")
-    time.sleep(1)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 5 and "Traceback" not in err
+    wait_for(lambda: "warning: could not save epoch" in run.stderr)
+    run.proc.send_signal(signal.SIGINT)
+    status, err = run.finish()
+    assert status == 5 and "Traceback" not in err
     assert "warning: could not save epoch" in err and "notes.txt" in err
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "was saved instead to" in errors[0], err[-2000:]
@@ -507,14 +530,11 @@ def test_push_only_with_odd_training_metadata_pushes_a_sane_card(hub, tmp_path, 
     assert "| train perplexity | — |" in card
 
 
-def test_push_only_refuses_a_folder_a_run_is_writing(hub, tmp_path, data_path):
+def test_push_only_refuses_a_folder_a_run_is_writing(hub, tmp_path, data_path, start):
     out = tmp_path / "run"
-    first = start(data_path, out, "--save-every", "1")
-    try:
-        wait_for(lambda: epochs_saved(out) >= 1)
-        refused(train("--push-only", out, "--push-to-hub", "alice/busy", env=hub_env(hub, tmp_path),
-                      check=False), f"pid {first.pid}", "once that run has finished")
-    finally:
-        first.send_signal(signal.SIGTERM)
-        first.wait(timeout=60)
-    assert first.returncode == 143
+    first = start(out, "--save-every", "1")
+    wait_for(lambda: epochs_saved(out) >= 1)
+    refused(train("--push-only", out, "--push-to-hub", "alice/busy", env=hub_env(hub, tmp_path),
+                  check=False), f"pid {first.pid}", "once that run has finished")
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.finish()[0] == 143
