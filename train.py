@@ -52,6 +52,7 @@ RESUMABLE = ("num_epochs", "out", "data", "device", "save_every", "resume")  # -
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n")[-1].strip(),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--num-hiddens", type=int, default=512, help="hidden units H")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per minibatch")
@@ -71,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when available, else cpu")
     p.add_argument("--out", type=Path, default=None,
-                   help="checkpoint folder to write (default runs/rnn; with --resume, the resumed folder)")
+                   help="checkpoint folder to write (default runs/rnn; with --resume, the resumed "
+                        "folder); only a new or empty folder or a checkpoint of this project is "
+                        "ever replaced")
     p.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out the last fraction of the text for validation perplexity")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
@@ -81,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(about 2x the tokens/sec on CPU, same gradients up to float rounding); "
                         "book: the book's forward and autograd, bit for bit")
     p.add_argument("--save-every", type=int, default=10,
-                   help="write the checkpoint every K epochs (it is also written at the end and on Ctrl-C)")
+                   help="write what --resume needs every K epochs (cheap); the whole checkpoint, "
+                        "with the model card and plot, at the end and on Ctrl-C/SIGTERM")
     p.add_argument("--resume", type=Path, default=None,
                    help="continue the run saved in this folder exactly; its settings are the saved "
                         "ones (only --num-epochs, --out, --data and --device may be given; --data "

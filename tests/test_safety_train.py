@@ -253,6 +253,12 @@ def test_sigterm_saves_the_last_epoch_and_prints_the_resume_command(tmp_path, da
     assert f"resuming {out} after epoch {saved}" in resumed.stdout and epochs_saved(out) == saved + 1
 
 
+def test_help_documents_the_exit_statuses():
+    out = train("--help").stdout
+    assert "Exit status: 0 done; 2 refused before training" in out
+    assert "5 the final checkpoint could not be written" in out and "130 / 143" in out
+
+
 # -- 5. --resume reads the text the run was trained on, with the saved vocabulary ----------------
 
 def test_resume_refuses_a_changed_data_file_and_accepts_the_same_text_elsewhere(tmp_path, data_path):
