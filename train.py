@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             if lock is not None:
                 lock.__exit__(None, None, None)
     out = args.out or args.resume or Path("runs/rnn")
+    if args.resume is not None and not args.resume.is_dir():
+        print(f"error: --resume {args.resume}: no such checkpoint folder", file=sys.stderr)
+        return EXIT_REFUSED
     try:
         check_out(out)
         lock = RunLock(out).__enter__()
