@@ -32,31 +32,69 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import torch
 
 from .model import RNNModelScratch
 
-BACKENDS = ("auto", "onednn", "plain")
+BACKENDS = ("auto", "plain", "rows", "onednn")
 _ALIGN = 16  # pad the fused kernel's concatenated width to a multiple of 16 floats
 
 
 # ---------------------------------------------------------------- the split kernel (plain torch)
 
 class SplitWorkspace:
-    """Buffers for minibatches of one shape (steps T, batch B, H, V), reused call after call."""
+    """Buffers for minibatches of one shape (steps T, batch B, H, V), reused call after call.
+
+    `row_threads` > 1 splits the batch rows into that many groups; each group's recurrence is
+    its own chain of per-step products (rows never mix), run on its own thread.
+    """
 
     def __init__(self, T: int, B: int, H: int, V: int, dtype: torch.dtype,
-                 device: torch.device):
+                 device: torch.device, row_threads: int = 1):
         self.key = (T, B, H, V, dtype, device)
         new = functools.partial(torch.empty, dtype=dtype, device=device)
         self.Hs = new((T + 1, B, H))  # H_0 .. H_T; H_t+1 starts as W_xh[x_t] + b_h
         self.dA = new((T, B, H))      # dH_t from the output layer, then dA_t in place
         self.D = new((T, B, H))       # 1 - H_t+1^2, the derivative of tanh
         self.W_hh_T = new((H, H))     # W_hh^T, contiguous: MKL's per-step product is faster
-        self.Hs_t, self.dA_t, self.D_t = self.Hs.unbind(0), self.dA.unbind(0), self.D.unbind(0)
+        # Per-step views of each row group, made once: [group][t] -> (rows, H)
+        bounds = [B * i // row_threads for i in range(row_threads + 1)]
+        groups = [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+        self.Hs_g, self.dA_g, self.D_g = ([[x[g] for x in buf.unbind(0)] for g in groups]
+                                          for buf in (self.Hs, self.dA, self.D))
         self.calls = 0                # forward calls so far, to catch a stale backward
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="FastRNN")
+
+
+def _each_group(chain: Callable[[int], None], groups: int) -> None:
+    """chain(g) for every row group g: with one group on this thread (products using torch's
+    intra-op threads); with more, group 0 here and the others on worker threads at once, each
+    product on one core (torch's thread count is 1 meanwhile, so they never oversubscribe)."""
+    if groups == 1:
+        chain(0)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        futures = [_pool().submit(chain, g) for g in range(1, groups)]
+        try:
+            chain(0)
+        finally:
+            results = [f.exception() for f in futures]
+        for error in results:
+            if error is not None:
+                raise error
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _SplitRNN(torch.autograd.Function):
@@ -67,18 +105,24 @@ class _SplitRNN(torch.autograd.Function):
                 W_xh: torch.Tensor, W_hh: torch.Tensor, b_h: torch.Tensor,
                 W_hq: torch.Tensor, b_q: torch.Tensor):
         T, B, H = ws.key[:3]
-        Hs, Hs_t = ws.Hs, ws.Hs_t
+        Hs = ws.Hs
         tokens = X.t().reshape(-1)  # time-major, as the book's outputs
         torch.index_select(W_xh, 0, tokens, out=Hs[1:].view(T * B, H)).add_(b_h)
-        Hs_t[0].copy_(H0)
-        for t in range(T):
-            Hs_t[t + 1].addmm_(Hs_t[t], W_hh).tanh_()
+        Hs[0].copy_(H0)
+
+        @torch.no_grad()  # grad mode is per thread
+        def recurrence(g: int) -> None:
+            H_t = ws.Hs_g[g]
+            for t in range(T):
+                H_t[t + 1].addmm_(H_t[t], W_hh).tanh_()
+
+        _each_group(recurrence, len(ws.Hs_g))
         Y = torch.addmm(b_q, Hs[1:].view(T * B, H), W_hq)
         ws.calls += 1
         ctx.ws, ctx.call, ctx.tokens = ws, ws.calls, tokens
         ctx.weights = W_hh.detach(), W_hq.detach()
         ctx.set_materialize_grads(False)
-        return Y, Hs_t[T].clone()
+        return Y, Hs[T].clone()
 
     @staticmethod
     def backward(ctx, dY: torch.Tensor | None, dH_T: torch.Tensor | None):
@@ -87,22 +131,28 @@ class _SplitRNN(torch.autograd.Function):
             raise RuntimeError("FastRNN reuses its buffers: call backward before the next forward")
         T, B, H, V = ws.key[:4]
         W_hh, W_hq = ctx.weights
-        Hs, D, dA_t, D_t, W_hh_T = ws.Hs, ws.D, ws.dA_t, ws.D_t, ws.W_hh_T
+        Hs, D, W_hh_T = ws.Hs, ws.D, ws.W_hh_T
         dA = ws.dA.view(T * B, H)
         if dY is None:
             dA.zero_()
         else:
             torch.mm(dY, W_hq.t(), out=dA)  # dH_t from the output layer, every step at once
         if dH_T is not None:
-            dA_t[T - 1].add_(dH_T)
+            ws.dA[T - 1].add_(dH_T)
         torch.addcmul(torch.ones((), dtype=D.dtype, device=D.device), Hs[1:], Hs[1:],
                       value=-1, out=D)
         W_hh_T.copy_(W_hh.t())
-        dA_t[T - 1].mul_(D_t[T - 1])
-        for t in range(T - 2, -1, -1):
-            dA_t[t].addmm_(dA_t[t + 1], W_hh_T).mul_(D_t[t])
+
+        @torch.no_grad()
+        def recurrence(g: int) -> None:
+            dA_t, D_t = ws.dA_g[g], ws.D_g[g]
+            dA_t[T - 1].mul_(D_t[T - 1])
+            for t in range(T - 2, -1, -1):
+                dA_t[t].addmm_(dA_t[t + 1], W_hh_T).mul_(D_t[t])
+
+        _each_group(recurrence, len(ws.dA_g))
         need = ctx.needs_input_grad
-        dH0 = torch.mm(dA_t[0], W_hh_T) if need[2] else None
+        dH0 = torch.mm(ws.dA[0], W_hh_T) if need[2] else None
         dW_xh = (torch.zeros(V, H, dtype=dA.dtype, device=dA.device)
                  .index_add_(0, ctx.tokens, dA) if need[3] else None)
         dW_hh = torch.mm(Hs[:T].view(T * B, H).t(), dA) if need[4] else None
@@ -323,7 +373,7 @@ class _FusedRNN(torch.autograd.Function):
 
 # ---------------------------------------------------------------- choosing and running
 
-KERNELS = {"plain": (SplitWorkspace, _SplitRNN), "onednn": (FusedWorkspace, _FusedRNN)}
+KERNELS = {"plain": _SplitRNN, "rows": _SplitRNN, "onednn": _FusedRNN}
 
 
 def fused_fits(V: int, H: int, dtype: torch.dtype, device: torch.device) -> bool:
@@ -332,13 +382,29 @@ def fused_fits(V: int, H: int, dtype: torch.dtype, device: torch.device) -> bool
     return device.type == "cpu" and dtype == torch.float32 and V <= H and onednn_available()
 
 
-def seconds_per_minibatch(backend: str, key: tuple, reps: int = 3) -> float:
-    """The fastest of `reps` forward + backward passes of one kernel at this shape, after one
-    warm-up, on random weights of the book's scale."""
-    return _time_kernels((backend,), key, reps)[backend]
+def row_threads(B: int, device: torch.device) -> int:
+    """Row groups of the `rows` kernel: one per torch thread, at least 8 rows each, on CPU."""
+    return max(1, min(torch.get_num_threads(), B // 8)) if device.type == "cpu" else 1
 
 
-def _time_kernels(backends: tuple[str, ...], key: tuple, reps: int) -> dict[str, float]:
+def candidates(key: tuple) -> list[str]:
+    """The kernels that apply to minibatches of shape `key` = (T, B, H, V, dtype, device)."""
+    T, B, H, V, dtype, device = key
+    return (["plain"] + (["rows"] if row_threads(B, device) > 1 else [])
+            + (["onednn"] if fused_fits(V, H, dtype, device) else []))
+
+
+def new_workspace(backend: str, key: tuple) -> SplitWorkspace | FusedWorkspace:
+    if backend == "onednn":
+        return FusedWorkspace(*key)
+    groups = row_threads(key[1], key[5]) if backend == "rows" else 1
+    return SplitWorkspace(*key, row_threads=groups)
+
+
+def time_kernels(backends: list[str], key: tuple, reps: int = 3) -> dict[str, float]:
+    """Seconds of one forward + backward pass of each kernel at this shape on random weights
+    of the book's scale: the fastest of `reps`, after one warm-up, interleaved so that a
+    burst of other load hits all alike."""
     T, B, H, V, dtype, device = key
     gen = torch.Generator(device=device).manual_seed(0)
 
@@ -349,15 +415,15 @@ def _time_kernels(backends: tuple[str, ...], key: tuple, reps: int) -> dict[str,
     params = [new(V, H), new(H, H), new(H), new(H, V), new(V)]
     X = torch.randint(0, V, (B, T), generator=gen, device=device)
     H0 = torch.zeros(B, H, dtype=dtype, device=device)
-    spaces = {b: KERNELS[b][0](*key) for b in backends}
+    spaces = {b: new_workspace(b, key) for b in backends}
     best = {b: float("inf") for b in backends}
-    for rep in range(reps + 1):  # interleaved, so a burst of other load hits both alike
+    for rep in range(reps + 1):
         for b in backends:
             for p in params:
                 p.grad = None
             start = time.perf_counter()
             with torch.enable_grad():
-                Y, H_T = KERNELS[b][1].apply(spaces[b], X, H0, *params)
+                Y, H_T = KERNELS[b].apply(spaces[b], X, H0, *params)
                 (Y.sum() + H_T.sum()).backward()
             if rep:
                 best[b] = min(best[b], time.perf_counter() - start)
@@ -365,22 +431,24 @@ def _time_kernels(backends: tuple[str, ...], key: tuple, reps: int) -> dict[str,
 
 
 @functools.cache
-def choose_backend(key: tuple) -> str:
-    """`auto`'s choice for minibatches of shape `key` = (T, B, H, V, dtype, device): the
-    fused kernel where it applies and measures at least 5% faster, else the split kernel."""
-    T, B, H, V, dtype, device = key
-    if not fused_fits(V, H, dtype, device):
-        return "plain"
-    times = _time_kernels(("plain", "onednn"), key, reps=3)
-    return "onednn" if times["onednn"] < 0.95 * times["plain"] else "plain"
+def choose_backend(key: tuple, threads: int) -> str:
+    """`auto`'s choice for minibatches of shape `key` with `threads` torch threads: the
+    fastest kernel that applies, measured; `plain` unless another is at least 5% faster."""
+    names = candidates(key)
+    if len(names) == 1:
+        return names[0]
+    times = time_kernels(names, key)
+    fastest = min(names, key=times.get)
+    return fastest if times[fastest] < 0.95 * times["plain"] else "plain"
 
 
 class FastRNN:
     """A drop-in for `net(X, state)` when training: same outputs and gradients as the book's
     `RNNModelScratch.forward`, much faster. Keeps its buffers between calls.
 
-    backend: `plain` (the split kernel, public torch ops), `onednn` (the fused kernel), or
-    `auto`: the faster of the two for each minibatch shape, measured once per process.
+    backend: `plain` (the split kernel, its products on torch's threads), `rows` (the split
+    kernel, batch rows split across threads), `onednn` (the fused kernel), or `auto`: the
+    fastest for each minibatch shape, timed once per process (`backend` then says which).
     """
 
     def __init__(self, net: RNNModelScratch, backend: str = "auto"):
@@ -402,8 +470,8 @@ class FastRNN:
         key = (T, B, net.num_hiddens, net.vocab_size, net.W_hh.dtype, net.W_hh.device)
         if self.ws is None or self.ws.key != key:
             if self.requested == "auto":
-                self.backend = choose_backend(key)
-            self.ws = KERNELS[self.backend][0](*key)
-        Y, H = KERNELS[self.backend][1].apply(self.ws, X.to(net.W_hh.device), state[0],
-                                              *net.params)
+                self.backend = choose_backend(key, torch.get_num_threads())
+            self.ws = new_workspace(self.backend, key)
+        Y, H = KERNELS[self.backend].apply(self.ws, X.to(net.W_hh.device), state[0],
+                                           *net.params)
         return Y, (H,)

@@ -21,7 +21,7 @@ from rnn_core.model import RNNModelScratch, rnn
 from rnn_core.training import make_updater, train_ch8
 
 BACKENDS = [pytest.param("onednn", marks=pytest.mark.skipif(
-    not onednn_available(), reason="this torch build has no oneDNN linear op")), "plain"]
+    not onednn_available(), reason="this torch build has no oneDNN linear op")), "plain", "rows"]
 NAMES = ["logits", "H_T", "dH0", "W_xh", "W_hh", "b_h", "W_hq", "b_q"]
 
 
@@ -184,39 +184,83 @@ def fresh_choice():
 
 
 @pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear op")
-@pytest.mark.parametrize("fused_ms,split_ms,expected", [(9.0, 12.0, "onednn"), (12.0, 9.0, "plain"),
-                                                         (9.9, 10.0, "plain")])
-def test_auto_keeps_the_kernel_that_measures_faster(monkeypatch, fresh_choice, fused_ms,
-                                                    split_ms, expected):
-    """The choice is made by timing both kernels at the minibatch's shape (the fused one must
-    win by 5%), once per shape."""
+@pytest.mark.parametrize("ms,expected", [
+    ({"plain": 12.0, "rows": 11.0, "onednn": 9.0}, "onednn"),
+    ({"plain": 12.0, "rows": 9.0, "onednn": 10.0}, "rows"),
+    ({"plain": 9.0, "rows": 11.0, "onednn": 12.0}, "plain"),
+    ({"plain": 10.0, "rows": 9.7, "onednn": 9.9}, "plain"),  # within 5%: the simplest
+])
+def test_auto_keeps_the_kernel_that_measures_fastest(monkeypatch, fresh_choice, ms, expected):
+    """The choice is made by timing the kernels at the minibatch's shape, once per shape."""
     calls = []
 
-    def timed(backends, key, reps):
-        calls.append(key)
-        return {"onednn": fused_ms / 1e3, "plain": split_ms / 1e3}
-    monkeypatch.setattr(fast, "_time_kernels", timed)
+    def timed(backends, key, reps=3):
+        calls.append((backends, key))
+        return {b: ms[b] / 1e3 for b in backends}
+    monkeypatch.setattr(fast, "candidates", lambda key: ["plain", "rows", "onednn"])
+    monkeypatch.setattr(fast, "time_kernels", timed)
     net = RNNModelScratch(28, 32)
     f = FastRNN(net)
     for _ in range(2):
-        f(torch.randint(0, 28, (4, 5)), net.begin_state(4))
+        Y, _ = f(torch.randint(0, 28, (4, 5)), net.begin_state(4))
+        Y.sum().backward()
     assert f.backend == expected and len(calls) == 1
-    assert calls[0][:4] == (5, 4, 32, 28)
+    assert calls[0][0] == ["plain", "rows", "onednn"] and calls[0][1][:4] == (5, 4, 32, 28)
 
 
-def test_the_real_timing_runs_both_kernels_and_picks_one(fresh_choice):
+def test_the_real_timing_runs_every_kernel_that_applies_and_picks_one(fresh_choice, two_threads):
     net = RNNModelScratch(28, 32)
     f = FastRNN(net)
-    f(torch.randint(0, 28, (4, 5)), net.begin_state(4))
-    assert f.backend in (("onednn", "plain") if onednn_available() else ("plain",))
-    assert fast.seconds_per_minibatch("plain", f.ws.key) > 0
+    f(torch.randint(0, 28, (16, 5)), net.begin_state(16))
+    names = ["plain", "rows"] + (["onednn"] if onednn_available() else [])
+    assert fast.candidates(f.ws.key) == names
+    assert f.backend in names
+    times = fast.time_kernels(names, f.ws.key, reps=1)
+    assert set(times) == set(names) and all(0 < t < 10 for t in times.values())
+
+
+@pytest.fixture
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("threads,B", [(2, 32), (3, 25)])
+def test_rows_kernel_splits_the_batch_across_threads_and_restores_torchs_threads(threads, B):
+    """Groups of at least 8 rows, one per torch thread; the products inside run on one thread
+    each, and torch's thread count is back afterwards, also when a group fails."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        net, X, H0, wY, wH = random_problem(11, 24, B, 6)
+        expected = outputs_and_grads(FastRNN(net, "plain"), net.params, X, H0, wY, wH)
+        f = FastRNN(net, "rows")
+        got = outputs_and_grads(f, net.params, X, H0, wY, wH)
+        assert [len(g[0]) for g in f.ws.Hs_g] == [B // threads + (i >= threads - B % threads)
+                                                 for i in range(threads)]
+        assert torch.get_num_threads() == threads
+        for name, e, g in zip(NAMES, expected, got):
+            assert float((g - e).norm() / e.norm()) <= 1e-5, name
+        seen = []
+
+        def chain(g):
+            seen.append(torch.get_num_threads())
+            if g == 1:
+                raise ValueError("group 1 failed")
+        with pytest.raises(ValueError, match="group 1 failed"):
+            fast._each_group(chain, threads)
+        assert seen == [1] * threads and torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("net", [RNNModelScratch(28, 32).double(), RNNModelScratch(40, 32)],
                          ids=["float64", "vocabulary larger than hidden"])
 def test_auto_uses_the_split_kernel_where_the_fused_one_does_not_fit(monkeypatch, fresh_choice,
                                                                       net):
-    monkeypatch.setattr(fast, "_time_kernels", lambda *a: pytest.fail("nothing to time"))
+    monkeypatch.setattr(fast, "time_kernels", lambda *a: pytest.fail("nothing to time"))
     f = FastRNN(net)
     V = net.vocab_size
     f(torch.randint(0, V, (3, 4)), net.begin_state(3))
