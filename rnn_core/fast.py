@@ -1,10 +1,10 @@
 """The fast training path: the book's RNN math with fewer, bigger matrix products.
 
 `FastRNN(net)(X, state)` returns what `net(X, state)` returns (time-major logits and the new
-state), and the same gradients, through a hand-written backward through time. Both kernels
+state), and the same gradients, through a hand-written backward through time. The kernels
 below do the book's arithmetic, arranged for the CPU (each choice measured, bench/README.md):
 
-  split (`plain`, public torch ops, any device and dtype)
+  split (`plain`: public torch ops, any device and dtype)
     forward:  W_xh[x_t] + b_h for every step at once (the one-hot product is a row gather),
               then per step H_t+1 = tanh(that + H_t W_hh): one in-place addmm and one tanh;
               the output layer is one product over all steps.
@@ -13,20 +13,28 @@ below do the book's arithmetic, arranged for the CPU (each choice measured, benc
               dW_hh is one product over the whole minibatch, dW_xh a row scatter-add.
     Memory: a few (steps x batch x H) buffers, as the book's autograd keeps.
 
-  fused (`onednn`, float32 on CPU, vocabularies up to the hidden size)
+  split across threads (`rows`: the same code, CPU)
+    The recurrence never mixes batch rows, so the rows are split into one group per torch
+    thread (at least 8 rows each), and each group's chain of per-step products runs on its
+    own thread with one core, at the same time; the weight gradients are split by columns.
+    Torch's own threading of a (32 x 512)·(512 x 512) product pays an OpenMP barrier per
+    step, and collapses when another process wants the same cores.
+
+  fused (`onednn`: float32 on CPU, vocabularies up to the hidden size)
     per step one oneDNN product with tanh fused: [H_t | onehot(x_t) | 1] times
     [W_hh; W_xh; b_h] (the input product and the bias ride along), and backward
     [dA_t+1 | dY_t] times [W_hh^T; W_hq^T]; every weight gradient from one product Z^T E.
     Its buffers are (H + V + 1)^2 floats, so it is only used while V <= H (a 20,000-character
-    vocabulary would need gigabytes); the split kernel's memory is proportional to the book's.
+    vocabulary would need gigabytes); the split kernels' memory is proportional to the book's.
     The oneDNN ops are not public API (`torch.ops.mkldnn._linear_pointwise`,
     `_reorder_linear_weight`, `torch.mkldnn_linear_backward_weights`): each is probed once,
     and a missing optional one falls back to torch ops.
 
-Which is faster depends on the CPU, not only on its instruction set: on the AMD Zen 5 we
-measured oneDNN's product was twice MKL's, on an Intel Xeon MKL's was faster, under AVX-512
-and under AVX2 alike. So `auto` times one minibatch of each kernel at the real shapes the
-first time a shape is seen (~0.1 s, cached per process) and keeps the faster.
+Which is fastest depends on the CPU and on what else runs, not only on the instruction set:
+on the AMD Zen 5 we measured oneDNN's product was twice MKL's, on an Intel Xeon MKL's was
+faster, under AVX-512 and AVX2 alike. So `auto` times one minibatch of each kernel that
+applies, at the real shape, the first time a shape is seen (cached per process), and keeps
+the fastest.
 """
 from __future__ import annotations
 
@@ -51,7 +59,8 @@ class SplitWorkspace:
     """Buffers for minibatches of one shape (steps T, batch B, H, V), reused call after call.
 
     `row_threads` > 1 splits the batch rows into that many groups; each group's recurrence is
-    its own chain of per-step products (rows never mix), run on its own thread.
+    its own chain of per-step products (rows never mix), run on its own thread. The weight
+    gradients are then split the same number of ways by columns of H.
     """
 
     def __init__(self, T: int, B: int, H: int, V: int, dtype: torch.dtype,
@@ -63,11 +72,17 @@ class SplitWorkspace:
         self.D = new((T, B, H))       # 1 - H_t+1^2, the derivative of tanh
         self.W_hh_T = new((H, H))     # W_hh^T, contiguous: MKL's per-step product is faster
         # Per-step views of each row group, made once: [group][t] -> (rows, H)
-        bounds = [B * i // row_threads for i in range(row_threads + 1)]
-        groups = [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+        groups = _split(B, row_threads)
         self.Hs_g, self.dA_g, self.D_g = ([[x[g] for x in buf.unbind(0)] for g in groups]
                                           for buf in (self.Hs, self.dA, self.D))
+        self.columns = _split(H, row_threads)
         self.calls = 0                # forward calls so far, to catch a stale backward
+
+
+def _split(n: int, parts: int) -> list[slice]:
+    """range(n) in `parts` contiguous, nearly equal slices."""
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
 
 
 @functools.cache
@@ -132,11 +147,10 @@ class _SplitRNN(torch.autograd.Function):
         T, B, H, V = ws.key[:4]
         W_hh, W_hq = ctx.weights
         Hs, D, W_hh_T = ws.Hs, ws.D, ws.W_hh_T
+        new = functools.partial(torch.empty, dtype=D.dtype, device=D.device)
+        dY = new((T * B, V)).zero_() if dY is None else dY
         dA = ws.dA.view(T * B, H)
-        if dY is None:
-            dA.zero_()
-        else:
-            torch.mm(dY, W_hq.t(), out=dA)  # dH_t from the output layer, every step at once
+        torch.mm(dY, W_hq.t(), out=dA)  # dH_t from the output layer, every step at once
         if dH_T is not None:
             ws.dA[T - 1].add_(dH_T)
         torch.addcmul(torch.ones((), dtype=D.dtype, device=D.device), Hs[1:], Hs[1:],
@@ -151,17 +165,20 @@ class _SplitRNN(torch.autograd.Function):
                 dA_t[t].addmm_(dA_t[t + 1], W_hh_T).mul_(D_t[t])
 
         _each_group(recurrence, len(ws.dA_g))
-        need = ctx.needs_input_grad
-        dH0 = torch.mm(ws.dA[0], W_hh_T) if need[2] else None
-        dW_xh = (torch.zeros(V, H, dtype=dA.dtype, device=dA.device)
-                 .index_add_(0, ctx.tokens, dA) if need[3] else None)
-        dW_hh = torch.mm(Hs[:T].view(T * B, H).t(), dA) if need[4] else None
-        db_h = dA.sum(0) if need[5] else None
-        if dY is None:
-            dW_hq, db_q = torch.zeros_like(W_hq), torch.zeros_like(W_hq[0])
-        else:
-            dW_hq, db_q = torch.mm(Hs[1:].view(T * B, H).t(), dY), dY.sum(0)
-        return None, None, dH0, dW_xh, dW_hh, db_h, dW_hq, db_q
+        dW_xh, dW_hh, db_h, dW_hq = new((V, H)).zero_(), new((H, H)), new(H), new((H, V))
+        H_in, H_out = Hs[:T].view(T * B, H), Hs[1:].view(T * B, H)
+
+        @torch.no_grad()
+        def weight_grads(g: int) -> None:  # the columns ws.columns[g] of H
+            c = ws.columns[g]
+            torch.mm(H_in.t(), dA[:, c], out=dW_hh[:, c])
+            dW_xh[:, c].index_add_(0, ctx.tokens, dA[:, c])
+            torch.sum(dA[:, c], 0, out=db_h[c])
+            torch.mm(H_out[:, c].t(), dY, out=dW_hq[c])
+
+        _each_group(weight_grads, len(ws.columns))
+        dH0 = torch.mm(ws.dA[0], W_hh_T) if ctx.needs_input_grad[2] else None
+        return None, None, dH0, dW_xh, dW_hh, db_h, dW_hq, dY.sum(0)
 
 
 # ---------------------------------------------------------------- oneDNN probes
