@@ -40,14 +40,17 @@ def cpu_model() -> str:
 
 
 def machine_info() -> str:
-    """One line: date, CPU, usable cores, load, Python, torch and its thread count."""
+    """One line: date, CPU, usable cores, load, Python, torch and its thread count, the
+    CPU's vector extensions, the ones torch's kernels use and any limits set (isa_info says
+    what MKL and oneDNN use too)."""
     import torch
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = "%.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else "n/a"
     now = datetime.datetime.now().astimezone().isoformat(timespec="minutes")
     return (f"date {now} | cpu {cpu_model()} | cores {cores} | load avg {load} | "
             f"python {platform.python_version()} | torch {torch.__version__} | "
-            f"threads {torch.get_num_threads()}")
+            f"threads {torch.get_num_threads()} | {cpu_flags()}, torch kernels "
+            f"{torch.backends.cpu.get_cpu_capability()}, ISA limits: {isa_limits()}")
 
 
 ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
@@ -69,12 +72,16 @@ def cpu_flags() -> str:
     return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
 
 
+def isa_limits() -> str:
+    """The instruction-set (and thread) limits set in the environment, or "none"."""
+    return ", ".join(f"{k}={os.environ[k]}" for k in ISA_LIMITS if k in os.environ) or "none"
+
+
 def isa_info() -> str:
     """One line: what the CPU has, the limits set in the environment, and what torch's own
     kernels, MKL and oneDNN actually use (MKL and oneDNN report it in their verbose output,
     read from a fresh interpreter with the same environment)."""
     import torch
-    limits = ", ".join(f"{k}={os.environ[k]}" for k in ISA_LIMITS if k in os.environ) or "none"
     env = {**os.environ, "MKL_VERBOSE": "1", "ONEDNN_VERBOSE": "1"}
     try:
         out = subprocess.run([sys.executable, "-c", _KERNEL_ISAS], env=env, capture_output=True,
@@ -86,7 +93,7 @@ def isa_info() -> str:
     if mkl:  # "Intel(R) Advanced Vector Extensions 2 (Intel(R) AVX2)" -> "AVX2"
         mkl = "+".join(re.findall(r"\((?:Intel\(R\) )?([A-Z][\w-]+)\)", mkl[1])) or mkl[1]
     dnnl = re.search(r"^onednn_verbose,.*,isa:(.*)$", out, re.M)
-    return (f"cpu has {cpu_flags()} | limits in force: {limits} | torch kernels "
+    return (f"cpu has {cpu_flags()} | limits in force: {isa_limits()} | torch kernels "
             f"{torch.backends.cpu.get_cpu_capability()} | MKL {mkl or 'n/a'} | "
             f"oneDNN {dnnl[1] if dnnl else 'n/a'}")
 

@@ -13,6 +13,8 @@ taken within each round, then the median.
 
     python bench/generation_latency.py                # 200 characters x 15 rounds
     python bench/generation_latency.py --quick        # smoke test
+    ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 \
+        python bench/generation_latency.py            # as on an AVX2-only CPU
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import time
 
 import torch
 
-from common import ROOT, machine_info, summary
+from common import ROOT, isa_info, machine_info, summary
 
 from rnn_core.checkpoint import load_checkpoint
 from rnn_core.generation import Generator, predict_ch8
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     print("generation latency, one stream, from a carried state; model "
           f"{args.model} (H={net.num_hiddens}, V={len(vocab)})")
     print(machine_info())
+    print(isa_info())
     print(f"greedy outputs equal the book's predict_ch8: {ours_greedy[:60]!r}...")
     print(f"\n{'mode':<26} {'book loop µs/char':<28} {'ours µs/char':<28} {'speed-up':>9}")
     for mode, (temperature, top_k) in modes.items():
