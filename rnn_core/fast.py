@@ -90,19 +90,19 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="FastRNN")
 
 
-def _each_group(chain: Callable[[int], None], groups: int) -> None:
-    """chain(g) for every row group g: with one group on this thread (products using torch's
+def _each_group(work: Callable[[int], None], groups: int) -> None:
+    """work(g) for every row group g: with one group on this thread (products using torch's
     intra-op threads); with more, group 0 here and the others on worker threads at once, each
     product on one core (torch's thread count is 1 meanwhile, so they never oversubscribe)."""
     if groups == 1:
-        chain(0)
+        work(0)
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        futures = [_pool().submit(chain, g) for g in range(1, groups)]
+        futures = [_pool().submit(work, g) for g in range(1, groups)]
         try:
-            chain(0)
+            work(0)
         finally:
             results = [f.exception() for f in futures]
         for error in results:
