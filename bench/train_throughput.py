@@ -9,8 +9,9 @@ characters, full BPTT, the book's clipping (theta = 1) and SGD (lr 1), all throu
            and `sgd`. This is `train.py --kernel book` (bit-exact to the book,
            tests/test_faithful.py)
   nn.RNN   the book's concise model (§8.6: nn.RNN + nn.Linear, same hidden size), torch.optim.SGD
-  fast     rnn_core.fast.FastRNN: `auto` (what `train.py` uses: the faster kernel, timed at
-           start-up), and each kernel alone (`plain`: the split kernel; `onednn`: the fused one)
+  fast     rnn_core.fast.FastRNN: `auto` (what `train.py` uses: the fastest kernel, timed at
+           start-up), and each kernel that applies alone (`plain`: the split kernel; `rows`:
+           the same with batch rows split across threads; `onednn`: the fused one)
 and the machine's floor: the unavoidable sequential work of one minibatch, 2 x 35 products
 (32 x 512)·(512 x 512) plus tanh, timed alone (the fastest of torch.mm, oneDNN with tanh
 fused, and oneDNN with the weight prepacked).
@@ -42,7 +43,7 @@ from torch.nn import functional as F
 from common import book_text, isa_info, machine_info, summary
 
 from rnn_core.data import DataError, load_corpus, read_text, SeqDataLoader
-from rnn_core.fast import FastRNN, fused_fits, onednn_available, onednn_prepack_available
+from rnn_core.fast import FastRNN, candidates, onednn_available, onednn_prepack_available
 from rnn_core.model import RNNModelScratch
 from rnn_core.training import make_updater, train_epoch_ch8
 
@@ -76,8 +77,8 @@ def contenders(vocab_size: int) -> dict:
     torch.manual_seed(0)
     concise = RNNModelConcise(vocab_size, HIDDEN)
     out["nn.RNN + nn.Linear"] = (concise, torch.optim.SGD(concise.parameters(), lr=LR), None)
-    fused = fused_fits(vocab_size, HIDDEN, torch.float32, torch.device("cpu"))
-    for backend in ["auto", "plain"] + (["onednn"] if fused else []):
+    key = (STEPS, BATCH, HIDDEN, vocab_size, torch.float32, torch.device("cpu"))
+    for backend in ["auto"] + candidates(key):
         torch.manual_seed(0)
         net = RNNModelScratch(vocab_size, HIDDEN)
         out[f"fast ({backend})"] = (net, make_updater(net, "sgd", LR), FastRNN(net, backend))
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{of_floor:>8.0%} {ppl[name]:>7.2f}")
     for name, values in floors.items():
         print(f"{'floor: ' + name:<26} {summary(values):<36}")
-    print(f"\nfast (auto) chose the {nets['fast (auto)'][2].backend} kernel by timing both at "
+    print(f"\nfast (auto) chose the {nets['fast (auto)'][2].backend} kernel by timing each at "
           "start-up (train.py does the same)")
     print(f"(ppl: training perplexity of the last epoch, {args.warmup + args.rounds} epochs "
           "from the same start; the scratch contenders see the same weights and minibatches)")
