@@ -38,6 +38,7 @@ the fastest.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -75,7 +76,10 @@ class SplitWorkspace:
         groups = _split(B, row_threads)
         self.Hs_g, self.dA_g, self.D_g = ([[x[g] for x in buf.unbind(0)] for g in groups]
                                           for buf in (self.Hs, self.dA, self.D))
+        self.H_out_g = [self.Hs[1:, g] for g in groups]  # (T, rows, H): H_1 .. H_T
+        self.D_rows = [self.D[:, g] for g in groups]
         self.columns = _split(H, row_threads)
+        self.one = torch.ones((), dtype=dtype, device=device)
         self.calls = 0                # forward calls so far, to catch a stale backward
 
 
@@ -90,26 +94,30 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="FastRNN")
 
 
-def _each_group(work: Callable[[int], None], groups: int) -> None:
-    """work(g) for every row group g: with one group on this thread (products using torch's
-    intra-op threads); with more, group 0 here and the others on worker threads at once, each
-    product on one core (torch's thread count is 1 meanwhile, so they never oversubscribe)."""
-    if groups == 1:
-        work(0)
-        return
+@contextlib.contextmanager
+def _one_core_per_group(groups: int):
+    """With several row groups, every torch op inside runs on one thread (the groups are the
+    parallelism, so torch's threads never oversubscribe the cores); torch's setting after."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if groups > 1:
+        torch.set_num_threads(1)
     try:
-        futures = [_pool().submit(work, g) for g in range(1, groups)]
-        try:
-            work(0)
-        finally:
-            results = [f.exception() for f in futures]
-        for error in results:
-            if error is not None:
-                raise error
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _each_group(work: Callable[[int], None], groups: int) -> None:
+    """work(g) for every row group g at once: group 0 on this thread, the others on worker
+    threads; the first error is raised once all have finished."""
+    futures = [_pool().submit(work, g) for g in range(1, groups)]
+    try:
+        work(0)
+    finally:
+        errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
 
 
 class _SplitRNN(torch.autograd.Function):
@@ -120,10 +128,8 @@ class _SplitRNN(torch.autograd.Function):
                 W_xh: torch.Tensor, W_hh: torch.Tensor, b_h: torch.Tensor,
                 W_hq: torch.Tensor, b_q: torch.Tensor):
         T, B, H = ws.key[:3]
-        Hs = ws.Hs
+        Hs, groups = ws.Hs, len(ws.Hs_g)
         tokens = X.t().reshape(-1)  # time-major, as the book's outputs
-        torch.index_select(W_xh, 0, tokens, out=Hs[1:].view(T * B, H)).add_(b_h)
-        Hs[0].copy_(H0)
 
         @torch.no_grad()  # grad mode is per thread
         def recurrence(g: int) -> None:
@@ -131,8 +137,11 @@ class _SplitRNN(torch.autograd.Function):
             for t in range(T):
                 H_t[t + 1].addmm_(H_t[t], W_hh).tanh_()
 
-        _each_group(recurrence, len(ws.Hs_g))
-        Y = torch.addmm(b_q, Hs[1:].view(T * B, H), W_hq)
+        with _one_core_per_group(groups):
+            torch.index_select(W_xh, 0, tokens, out=Hs[1:].view(T * B, H)).add_(b_h)
+            Hs[0].copy_(H0)
+            _each_group(recurrence, groups)
+            Y = torch.addmm(b_q, Hs[1:].view(T * B, H), W_hq)
         ws.calls += 1
         ctx.ws, ctx.call, ctx.tokens = ws, ws.calls, tokens
         ctx.weights = W_hh.detach(), W_hq.detach()
@@ -146,37 +155,36 @@ class _SplitRNN(torch.autograd.Function):
             raise RuntimeError("FastRNN reuses its buffers: call backward before the next forward")
         T, B, H, V = ws.key[:4]
         W_hh, W_hq = ctx.weights
-        Hs, D, W_hh_T = ws.Hs, ws.D, ws.W_hh_T
-        new = functools.partial(torch.empty, dtype=D.dtype, device=D.device)
+        Hs, W_hh_T, groups = ws.Hs, ws.W_hh_T, len(ws.dA_g)
+        new = functools.partial(torch.empty, dtype=Hs.dtype, device=Hs.device)
         dY = new((T * B, V)).zero_() if dY is None else dY
         dA = ws.dA.view(T * B, H)
-        torch.mm(dY, W_hq.t(), out=dA)  # dH_t from the output layer, every step at once
-        if dH_T is not None:
-            ws.dA[T - 1].add_(dH_T)
-        torch.addcmul(torch.ones((), dtype=D.dtype, device=D.device), Hs[1:], Hs[1:],
-                      value=-1, out=D)
-        W_hh_T.copy_(W_hh.t())
+        dW_xh, dW_hh, db_h, dW_hq = new((V, H)), new((H, H)), new(H), new((H, V))
+        H_in, H_out = Hs[:T].view(T * B, H), Hs[1:].view(T * B, H)
 
         @torch.no_grad()
         def recurrence(g: int) -> None:
             dA_t, D_t = ws.dA_g[g], ws.D_g[g]
+            torch.addcmul(ws.one, ws.H_out_g[g], ws.H_out_g[g], value=-1, out=ws.D_rows[g])
             dA_t[T - 1].mul_(D_t[T - 1])
             for t in range(T - 2, -1, -1):
                 dA_t[t].addmm_(dA_t[t + 1], W_hh_T).mul_(D_t[t])
-
-        _each_group(recurrence, len(ws.dA_g))
-        dW_xh, dW_hh, db_h, dW_hq = new((V, H)).zero_(), new((H, H)), new(H), new((H, V))
-        H_in, H_out = Hs[:T].view(T * B, H), Hs[1:].view(T * B, H)
 
         @torch.no_grad()
         def weight_grads(g: int) -> None:  # the columns ws.columns[g] of H
             c = ws.columns[g]
             torch.mm(H_in.t(), dA[:, c], out=dW_hh[:, c])
-            dW_xh[:, c].index_add_(0, ctx.tokens, dA[:, c])
+            dW_xh[:, c].zero_().index_add_(0, ctx.tokens, dA[:, c])
             torch.sum(dA[:, c], 0, out=db_h[c])
             torch.mm(H_out[:, c].t(), dY, out=dW_hq[c])
 
-        _each_group(weight_grads, len(ws.columns))
+        with _one_core_per_group(groups):
+            torch.mm(dY, W_hq.t(), out=dA)  # dH_t from the output layer, every step at once
+            if dH_T is not None:
+                ws.dA[T - 1].add_(dH_T)
+            W_hh_T.copy_(W_hh.t())
+            _each_group(recurrence, groups)
+            _each_group(weight_grads, groups)
         dH0 = torch.mm(ws.dA[0], W_hh_T) if ctx.needs_input_grad[2] else None
         return None, None, dH0, dW_xh, dW_hh, db_h, dW_hq, dY.sum(0)
 

@@ -250,7 +250,8 @@ def test_rows_kernel_splits_the_batch_across_threads_and_restores_torchs_threads
             if g == 1:
                 raise ValueError("group 1 failed")
         with pytest.raises(ValueError, match="group 1 failed"):
-            fast._each_group(chain, threads)
+            with fast._one_core_per_group(threads):
+                fast._each_group(chain, threads)
         assert seen == [1] * threads and torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
