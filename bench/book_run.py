@@ -25,9 +25,9 @@ import sys
 import tempfile
 import time
 
-from common import ROOT, isa_info, machine_info, summary
+from common import ROOT, book_text, isa_info, machine_info, summary
 
-from rnn_core.data import DataError, download_time_machine
+from rnn_core.data import DataError
 
 # The book's run, as a script: tests/d2l_book.py holds the chapter code and points d2l's
 # download at the local text (d2l itself would fetch it).
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3, help="pairs of runs (ours, book)")
     p.add_argument("--epochs", type=int, default=500, help="epochs per run (the book: 500)")
-    p.add_argument("--data", default=None, help="the book's text (default: download and cache)")
+    p.add_argument("--data", default=None,
+                   help="the book's text (default: ../shared/data/timemachine.txt, else download)")
     p.add_argument("--save-every", type=int, default=None,
                    help="passed to train.py (default: train.py's own default)")
     p.add_argument("--kernel", default=None, help="passed to train.py (default: its default)")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.runs, args.epochs = 1, 10
     try:
-        data = os.path.abspath(args.data or download_time_machine())
+        data = os.path.abspath(args.data or book_text())
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
