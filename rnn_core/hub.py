@@ -8,8 +8,8 @@ Face cache (config first: absurd sizes are refused before the weights are fetche
 to one commit, then validates them exactly like a local folder. It works offline from the
 cache. Pushing uploads the model files, the plot and a model card in a single commit, so a
 failed push never leaves a half-updated repo, on top of the commit the push started from, so
-a push that raced another one is refused instead of overwriting it. The token comes from HF_TOKEN or `hf auth login`
-(huggingface_hub's defaults) and is never printed or written anywhere.
+a push that raced another one is refused instead of overwriting it. The token comes from
+HF_TOKEN or `hf auth login` (huggingface_hub's defaults) and is never printed or written anywhere.
 
 Every failure is a `HubError` (a `CheckpointError`, so a `ValueError`) with a one-line message
 saying what went wrong and what to do.

@@ -137,7 +137,8 @@ def test_deploy_then_the_simulated_space_serves_the_pinned_model(hub, env, tmp_p
     try:
         client = app.client()
         pushed = load_checkpoint(tiny_checkpoint)  # the bytes the model repo holds at `sha`
-        assert hub.files(MODEL, sha)["model.safetensors"] == (tiny_checkpoint / "model.safetensors").read_bytes()
+        weights = (tiny_checkpoint / "model.safetensors").read_bytes()
+        assert hub.files(MODEL, sha)["model.safetensors"] == weights
         message = normalize_prompt("Time traveller", pushed.normalization)
         reply = client.predict("Time traveller", 60, 0.0, 0, api_name="/chat")
         assert reply == predict_ch8(message, 60, pushed.net, pushed.vocab, "cpu")[len(message):]
@@ -208,7 +209,8 @@ def test_deploy_without_model_serves_the_bundled_one(hub, env):
     assert r.returncode == 0, r.stderr
     assert "no --model: the Space serves the bundled model" in r.stdout
     assert variables(hub, f"{USER}/bundled") == {}
-    assert SpaceCard(hub.files(f"{USER}/bundled", repo_type="space")["README.md"].decode()).data.models is None
+    card = hub.files(f"{USER}/bundled", repo_type="space")["README.md"].decode()
+    assert SpaceCard(card).data.models is None
 
 
 # ---------------------------------------------------------------- refusals
@@ -216,7 +218,8 @@ def test_deploy_without_model_serves_the_bundled_one(hub, env):
 @pytest.mark.parametrize("args, expected", [
     ([f"{USER}/s1", "--model", MODEL], "no Hugging Face token: set HF_TOKEN"),
     ([MODEL], f"{MODEL} is a model repo, not a Space"),
-    ([f"{USER}/s2", "--model", f"{USER}/missing"], f"--model {USER}/missing cannot be served (no local folder"),
+    ([f"{USER}/s2", "--model", f"{USER}/missing"],
+     f"--model {USER}/missing cannot be served (no local folder"),
     ([f"{USER}/s3", "--model", f"{USER}/broken"], f"--model {USER}/broken cannot be served ("),
     ([f"{USER}/s4", "--model", "checkpoints/timemachine-rnn512"], "--model must be a Hub repo id"),
     (["not a space!"], "deploy needs a Space id like user/name"),
@@ -255,7 +258,8 @@ def test_refuses_files_over_the_limits(hub, env, tmp_path):
     big.write_bytes(b"#" * (11 << 20))
     n = len(hub.requests)
     msg = refused(deploy(env, f"{USER}/big", cwd=copy))
-    assert "rnn_core/table.py is 11,534,336 bytes; the Hub refuses files over 10 MB not stored with LFS" in msg
+    assert ("rnn_core/table.py is 11,534,336 bytes; the Hub refuses files over 10 MB not stored "
+            "with LFS") in msg
     big.unlink()
     with open(copy / "checkpoints" / "timemachine-rnn512" / "perplexity.png", "r+b") as f:
         f.truncate(1 << 30)  # sparse: no disk used
