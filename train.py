@@ -421,7 +421,7 @@ def checkpoint_config(args: argparse.Namespace, snap: TrainingState, meta: dict)
                 "final_val_ppl": vals[-1] if vals else None,
                 "best_val_ppl": min(vals) if vals else None,
                 "tokens_per_sec": history[-1].speed if history else None,
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "versions": versions}
     return {"normalization": args.normalize, "training": training}
 

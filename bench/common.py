@@ -45,7 +45,7 @@ def machine_info() -> str:
     what MKL and oneDNN use too)."""
     import torch
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = "%.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else "n/a"
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     now = datetime.datetime.now().astimezone().isoformat(timespec="minutes")
     return (f"date {now} | cpu {cpu_model()} | cores {cores} | load avg {load} | "
             f"python {platform.python_version()} | torch {torch.__version__} | "

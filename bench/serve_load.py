@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prefix, fn_index = chat_endpoint(config)
         arrival = f"arriving over {args.ramp:g} s" if args.ramp else "arriving at once"
-        print(f"serving under load: {args.app if not args.port else 'port %d' % port} "
+        print(f"serving under load: {args.app if not args.port else f'port {port}'} "
               f"(pid {server.pid}); sessions {arrival}, each one /chat message, "
               f"{args.length} characters, temperature {args.temperature}, top-k {args.top_k}")
         print(machine_info())

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args.chat_endpoint, args.new_chat_endpoint = endpoint(config, "chat"), endpoint(config,
                                                                                    "new_chat")
     print(f"soak: {args.sessions} sessions for {args.seconds:g} s against "
-          f"{'port %d' % port if args.port else 'app.py'} (pid {server.pid}), model "
+          f"{f'port {port}' if args.port else 'app.py'} (pid {server.pid}), model "
           f"{args.model}; replies of 1–{args.max_length} characters, ~40% greedy, "
           f"new chat on ~{args.new_chat:.0%} of turns")
     print(machine_info(), flush=True)

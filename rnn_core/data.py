@@ -13,7 +13,7 @@ import re
 import unicodedata
 import urllib.request
 from pathlib import Path
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 

@@ -11,7 +11,7 @@ import bisect
 import functools
 import itertools
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

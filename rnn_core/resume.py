@@ -37,7 +37,7 @@ class TrainingState:
 
     @classmethod
     def capture(cls, epoch: int, args: dict, net: torch.nn.Module, updater,
-                history: list[EpochResult], data_sha1: str | None = None) -> "TrainingState":
+                history: list[EpochResult], data_sha1: str | None = None) -> TrainingState:
         """Copy the live run (cheap: a few MB) so it can be saved later, even mid-epoch."""
         opt = (copy.deepcopy(updater.state_dict()["state"])
                if isinstance(updater, torch.optim.Optimizer) else {})

@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -46,7 +46,7 @@ class StopSignals:
         self.pending: int | None = None
         self._depth, self._previous = 0, {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is not threading.main_thread():
             return self  # signals reach only the main thread; nothing to install elsewhere
         for signum in self.SIGNALS:
@@ -78,7 +78,7 @@ class StopSignals:
 def grad_clipping(net: nn.Module, theta: float) -> None:
     """The book's clipping: one global L2 norm over all gradients, scaled down to `theta`."""
     params = [p for p in net.parameters() if p.requires_grad]
-    norm = torch.sqrt(sum(torch.sum((p.grad ** 2)) for p in params))
+    norm = torch.sqrt(sum(torch.sum(p.grad ** 2) for p in params))
     if norm > theta:
         for param in params:
             param.grad[:] *= theta / norm

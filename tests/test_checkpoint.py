@@ -175,4 +175,5 @@ def test_save_refuses_a_file_as_folder(tmp_path):
     (tmp_path / "f").write_text("x")
     net = RNNModelScratch(3, 2)
     with pytest.raises(CheckpointError, match="is a file, not a folder"):
-        save_checkpoint(tmp_path / "f", dict(net.named_parameters()), Vocab(list("ab")), {"normalization": "raw"})
+        save_checkpoint(tmp_path / "f", dict(net.named_parameters()), Vocab(list("ab")),
+                        {"normalization": "raw"})

@@ -147,9 +147,9 @@ def test_push_twice_then_pull_by_branch_and_sha(hub, env, tiny_checkpoint, other
     assert greedy(env, repo, "--revision", first) == local_outputs[tiny_checkpoint]
 
     # the library call the app makes: source and commit say what was loaded
-    code = ("from rnn_core import load_model, generate_text; c = load_model(%r, revision='dev'); "
+    code = (f"from rnn_core import load_model, generate_text; c = load_model({repo!r}, revision='dev'); "
             "print(c.source, c.commit); print(generate_text(c.net, c.vocab, 'time traveller', 40, "
-            "c.normalization))" % repo)
+            "c.normalization))")
     r = run(["-c", code], env)
     assert r.returncode == 0, r.stderr
     ids, text = r.stdout.split("\n", 1)
