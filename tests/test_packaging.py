@@ -241,3 +241,10 @@ def test_every_imported_package_is_declared(scope, files, declared_in):
     # d2l, the tests' oracle, is installed by tests/run.sh on its own (--no-deps: its pins are old)
     missing = third_party(imported_modules(paths)) - declared(*declared_in) - {"d2l"}
     assert not missing, f"{scope} imports {sorted(missing)}, not declared in {declared_in}"
+
+
+def test_the_code_passes_ruff():
+    """The lint tests/run.sh runs, here too, so a plain pytest run catches it before landing."""
+    r = run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."],
+            ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
