@@ -9,9 +9,11 @@ The conversation logic lives in rnn_core/chat.py; this file is the page and its 
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import html
 import logging
+import math
 import os
 import re
 from contextlib import aclosing
@@ -20,12 +22,14 @@ from pathlib import Path
 import anyio
 import gradio as gr
 import torch
+from huggingface_hub import constants
+from starlette.middleware import Middleware
 
-from rnn_core.chat import (MAX_LENGTH, MAX_TEMPERATURE, ChatError, ChatSession, ModelCache,
-                           check_settings, describe_vocab, num_params, resolve_model_ref,
-                           stream_reply)
-from rnn_core.checkpoint import Checkpoint, CheckpointError
-from rnn_core.hub import load_model
+from rnn_core.chat import (MAX_LENGTH, MAX_SERVED_PARAMETERS, MAX_TEMPERATURE, ChatError,
+                           ChatSession, LoadGate, ModelCache, check_settings, describe_vocab,
+                           num_params, resolve_model_ref, stream_reply)
+from rnn_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from rnn_core.hub import load_from_hub, load_model
 
 ROOT = Path(__file__).resolve().parent
 CHECKPOINTS = ROOT / "checkpoints"
@@ -34,10 +38,27 @@ EXAMPLES = ["time traveller", "the medical man", "it was a strange thing", "the 
 CHAT_CONCURRENCY = 256   # streams are async and cheap; pacing keeps the update rate bounded
 SESSION_TTL = 3600       # seconds a conversation is kept after its last message
 SESSIONS_KEPT = 1000     # Gradio's per-visitor records (about 40 kB each), least recent dropped
-MODELS = ModelCache(load_model, capacity=4)
 # Which model is served and why, and every refused load, go to stderr (a Space's logs).
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("app")
+# Visitors' model loads: every model in memory together within MODEL_MEMORY_MB of weights,
+# Hub loads through LOAD_GATE (4 at once, one per visitor, never queued), each answered
+# within LOAD_TIMEOUT seconds. Visitors are told apart by their address (behind a proxy, let
+# uvicorn read it: FORWARDED_ALLOW_IPS).
+MODEL_MEMORY_MB = int(os.environ.get("RNN_MODEL_MEMORY_MB", "64"))
+LOAD_TIMEOUT = float(os.environ.get("RNN_LOAD_TIMEOUT", "60"))
+LOAD_GATE = LoadGate(slots=4, per_visitor=1)
+
+
+def load_served(ref: str, revision: str | None) -> Checkpoint:
+    """What a visitor may load (after resolve_model_ref): a folder under checkpoints/ (given
+    as an absolute path) or a Hub repo, within the app's size limit."""
+    if Path(ref).is_absolute():
+        return load_checkpoint(ref, max_parameters=MAX_SERVED_PARAMETERS)
+    return load_from_hub(ref, revision, MAX_SERVED_PARAMETERS)
+
+
+MODELS = ModelCache(load_served, capacity=16, max_bytes=MODEL_MEMORY_MB << 20)
 # After every event Gradio rebuilds a pandas summary of up to 10,000 past events for a monitoring
 # page this app does not enable: ~10 ms of the server's one thread per reply once thousands have
 # been served. Keep fewer records and summarise rarely (the environment can still override).
@@ -45,33 +66,35 @@ os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
 os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
 
 
-def startup_model() -> tuple[Checkpoint, str | None]:
+def startup_model() -> tuple[Checkpoint, tuple, str, str | None]:
     """RNN_MODEL (and RNN_MODEL_REVISION) if set and loadable, else the bundled checkpoint
-    with a notice saying why."""
+    with a notice saying why; also its key in MODELS and its card. Nothing a model repo holds can stop the
+    app from starting: any failure falls back to the bundled model."""
     ref = os.environ.get("RNN_MODEL", "").strip()
     revision = os.environ.get("RNN_MODEL_REVISION", "").strip() or None
     notice = None
     if ref:
         try:
-            ckpt = MODELS.get(ref, revision)
+            ckpt = load_model(ref, revision)
+            card = model_card(ckpt)
             log.info("serving RNN_MODEL=%r at revision %r (commit %s)", ref, revision or "main",
                      ckpt.commit or "local folder")
-            return ckpt, None
+            return ckpt, (ref, revision), card, None
         except Exception as e:  # any failure: serve the bundled model and say why
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             notice = (f"Could not load RNN_MODEL={ref}{'@' + revision if revision else ''} "
-                      f"({reason}). Serving the bundled model instead.")
+                      f"({reason[:300]}). Serving the bundled model instead.")
             log.warning("refused RNN_MODEL=%r at revision %r: %s", ref, revision or "main", reason)
     log.info("serving the bundled model %s (%s)", BUNDLED.relative_to(ROOT),
              "RNN_MODEL could not be loaded" if ref else "RNN_MODEL is not set")
     try:
-        return MODELS.get(str(BUNDLED), None), notice
+        ckpt = load_checkpoint(BUNDLED)
+        return ckpt, (str(BUNDLED), None), model_card(ckpt), notice
     except CheckpointError as e:
         raise SystemExit(f"error: the bundled model cannot be loaded ({e}); restore "
                          f"{BUNDLED.relative_to(ROOT)} or set RNN_MODEL") from None
 
 
-DEFAULT, NOTICE = startup_model()
 
 
 # ---------------------------------------------------------------- rendering
@@ -95,7 +118,8 @@ def model_card(ckpt: Checkpoint) -> str:
     """The loaded model in a few lines of Markdown."""
     training = ckpt.config.get("training") if isinstance(ckpt.config.get("training"), dict) else {}
     ppl = training.get("final_val_ppl")
-    ppl = f"{ppl:.2f}" if isinstance(ppl, (int, float)) and not isinstance(ppl, bool) else "not measured"
+    ppl = f"{ppl:.2f}" if isinstance(ppl, float) and math.isfinite(ppl) or \
+        type(ppl) is int and abs(ppl) < 1e15 else "not measured"
     return (f"**Model:** {model_source(ckpt)}  \n"
             f"{ckpt.config['num_hiddens']} hidden units · {num_params(ckpt):,} parameters · "
             f"validation perplexity {ppl}  \n"
@@ -118,11 +142,32 @@ def session_of(session: ChatSession | None) -> ChatSession:
     return session if session is not None else ChatSession(DEFAULT)
 
 
+DEFAULT, DEFAULT_KEY, DEFAULT_CARD, NOTICE = startup_model()
+MODELS.models[DEFAULT_KEY] = MODELS.alive[DEFAULT_KEY] = DEFAULT   # shared, never dropped
+MODELS.keep.add(DEFAULT_KEY)
+
+
 # ---------------------------------------------------------------- event handlers
+
+def public(text: str) -> str:
+    """A reason as visitors may read it: no server paths, Hub endpoint or cache location."""
+    for secret, shown in ((str(ROOT) + os.sep, ""), (constants.HF_HUB_CACHE, "the model cache"),
+                          (f" at {constants.ENDPOINT}", ""), (constants.ENDPOINT, "the Hub")):
+        text = text.replace(secret, shown)
+    return text
+
 
 def refused(e: Exception, prefix: str = "") -> gr.Error:
     """An error event carrying the reason (escaped: the page renders error text as HTML)."""
-    return gr.Error(html.escape(prefix + str(e), quote=False), print_exception=False)
+    return gr.Error(html.escape(public(prefix + str(e)), quote=False), print_exception=False)
+
+
+def failed(e: Exception, what: str) -> gr.Error:
+    """An unexpected failure: logged for the operator, one line for the visitor, whose
+    session stays as it was before the event."""
+    log.exception("%s failed", what)
+    return gr.Error(f"{what} failed ({type(e).__name__}); the conversation is unchanged: try "
+                    "again, or press New chat", print_exception=False)
 
 
 async def _stream(session: ChatSession, message, length, temperature, top_k):
@@ -134,10 +179,12 @@ async def _stream(session: ChatSession, message, length, temperature, top_k):
                 yield reply
     except ChatError as e:
         raise refused(e) from None
+    except Exception as e:  # a bug, not the visitor's doing: the turn is closed, say so
+        raise failed(e, "the reply") from None
 
 
-async def chat(message: str, length: float, temperature: float, top_k: float,
-               session: ChatSession | None):
+async def chat(message: str = None, length: float = None, temperature: float = None,
+               top_k: float = None, session: ChatSession | None = None):
     """Continue this session's conversation with `message`; streams the reply so far (each
     partial a prefix of the next, the last one whole), as plain text. The session is stored
     with the first update only (it changes in place; storing it costs Gradio work per update)."""
@@ -164,7 +211,8 @@ async def respond(message, length, temperature, top_k, session):
 async def retry(length, temperature, top_k, session):
     """Rewind the last turn and answer its message again with the current settings."""
     session = session_of(session)
-    turn = session.undo()
+    async with session.lock:
+        turn = session.undo()
     if turn is None:
         yield [], gr.skip(), session
         return
@@ -176,7 +224,8 @@ async def retry(length, temperature, top_k, session):
 async def undo(session):
     """Rewind the last turn and put its message back in the box."""
     session = session_of(session)
-    turn = session.undo()
+    async with session.lock:
+        turn = session.undo()
     return history(session.turns), (turn.message if turn else gr.skip()), session
 
 
@@ -186,25 +235,60 @@ async def show(session):
 
 
 async def new_chat(session):
-    """Forget the conversation: zero hidden state, empty transcript."""
+    """Forget the conversation: zero hidden state, empty transcript (on the app's model if
+    this session's model was unloaded meanwhile)."""
     session = session_of(session)
-    session.reset()
+    async with session.lock:
+        if session.model() is None:
+            session.use(DEFAULT)
+        session.reset()
     return [], session
 
 
-async def load_other_model(ref, revision, session):
-    """Switch this session (only) to a Hub repo id or a folder under checkpoints/."""
+def visitor(request: gr.Request | None) -> str:
+    """Who is asking, for per-visitor limits: the client's address (else the session)."""
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None) or getattr(request, "session_hash", None) or "?"
+
+
+async def load_other_model(ref, revision, session, request: gr.Request = None):
+    """Switch this session (only) to a Hub repo id or a folder under checkpoints/. The model
+    is loaded and its card made before anything changes, so a failed load changes nothing.
+    Hub loads pass LOAD_GATE and are answered within LOAD_TIMEOUT; folders and models already
+    in memory need no slot."""
     session = session_of(session)
+    who = visitor(request)
     try:
         ref, revision = resolve_model_ref(ref, revision, CHECKPOINTS)
-        ckpt = await anyio.to_thread.run_sync(MODELS.get, ref, revision)
+        ckpt = MODELS.cached(ref, revision)
+        if ckpt is None and Path(ref).is_absolute():
+            ckpt = await anyio.to_thread.run_sync(MODELS.get, ref, revision)
+        elif ckpt is None:
+            LOAD_GATE.enter(who)
+
+            def load():
+                try:
+                    return MODELS.get(ref, revision)
+                finally:
+                    LOAD_GATE.leave(who)
+            with anyio.fail_after(LOAD_TIMEOUT):
+                ckpt = await anyio.to_thread.run_sync(load, abandon_on_cancel=True)
+        card = model_card(ckpt)
+    except TimeoutError:
+        log.warning("a model load timed out after %g s (%r at revision %r)", LOAD_TIMEOUT, ref,
+                    revision)
+        raise refused(ChatError(f"loading {ref} took longer than {LOAD_TIMEOUT:g} s (the Hub is "
+                                "slow or not answering): try again later"),
+                      "Model not loaded: ") from None
     except (ChatError, CheckpointError) as e:
         log.warning("refused a model load for one session (%r at revision %r): %s", ref,
                     revision, e)
         raise refused(e, "Model not loaded: ") from None
-    session.use(ckpt)
-    vocab_size = len(ckpt.vocab)
-    return model_card(ckpt), [], gr.Slider(maximum=vocab_size), session
+    except Exception as e:
+        raise failed(e, "loading the model") from None
+    async with session.lock:
+        session.use(ckpt)
+    return card, [], gr.Slider(maximum=len(ckpt.vocab)), session
 
 
 # ---------------------------------------------------------------- the page
@@ -224,7 +308,7 @@ so each reply follows everything said before. It reads only the characters its t
 
 def build() -> gr.Blocks:
     vocab_size = len(DEFAULT.vocab)
-    with gr.Blocks(title="Time Machine char-RNN") as demo:
+    with gr.Blocks(title="Time Machine char-RNN", delete_cache=(600, 600)) as demo:
         session = gr.State(None, time_to_live=SESSION_TTL)
         gr.Markdown(INTRO)
         if NOTICE:
@@ -237,7 +321,7 @@ def build() -> gr.Blocks:
                     latex_delimiters=[], buttons=[], feedback_options=None,
                     placeholder="The model's replies stream here.")
                 with gr.Row(equal_height=True):
-                    message = gr.Textbox(show_label=False, scale=6, autofocus=True, lines=1,
+                    message = gr.Textbox(label="Message", show_label=False, scale=6, autofocus=True, lines=1,
                                          placeholder="Type the start of a sentence and press Enter")
                     send = gr.Button("Send", variant="primary", size="md", scale=0, min_width=90)
                     stop = gr.Button("Stop", size="md", scale=0, min_width=90)
@@ -252,7 +336,7 @@ def build() -> gr.Blocks:
                                         info="0 = greedy, the book's predict_ch8; higher = bolder")
                 top_k = gr.Slider(0, vocab_size, value=0, step=1, label="Top-k",
                                   info="sample from the k most likely characters; 0 = all")
-                card = gr.Markdown(model_card(DEFAULT), elem_id="model-card", label="model")
+                card = gr.Markdown(DEFAULT_CARD, elem_id="model-card", label="model")
                 with gr.Accordion("Load another model (for this tab only)", open=False):
                     ref = gr.Textbox(label="Hub repo id or local folder",
                                      placeholder="owner/name or checkpoints/NAME")
@@ -277,8 +361,8 @@ def build() -> gr.Blocks:
         chatbot.clear(new_chat, [session], [chatbot, session], api_visibility="private",
                       cancels=[chatting, retrying])
         load.click(load_other_model, [ref, revision, session], [card, chatbot, top_k, session],
-                   api_name="load_model", concurrency_limit=2, concurrency_id="load",
-                   cancels=[chatting, retrying])
+                   api_name="load_model", concurrency_limit=16, concurrency_id="load",
+                   cancels=[chatting, retrying])   # LOAD_GATE answers at once when busy
 
         # The API: /chat(message, length, temperature, top_k) streams the reply as plain text.
         reply = gr.Textbox(visible=False, label="reply")
@@ -289,17 +373,56 @@ def build() -> gr.Blocks:
     # Queue positions are sent once a second, not to every waiting visitor whenever any event
     # starts ("auto"): that is N² messages when N sessions arrive together.
     demo.queue(max_size=2048, status_update_rate=1)
+    demo.validate_inputs = too_few_inputs
     return demo
+
+
+def too_few_inputs(block_fn, inputs: list) -> None:
+    """A call with missing values is refused with the reason (Gradio's own check raises an
+    error whose text visitors never see)."""
+    if len(inputs) < len(block_fn.inputs):
+        names = ", ".join(getattr(b, "label", None) or type(b).__name__ for b in block_fn.inputs)
+        raise gr.Error(f"{block_fn.api_name or block_fn.name} takes {len(block_fn.inputs)} values "
+                       f"({names}) but got {len(inputs)}; gradio_client fills in the state",
+                       print_exception=False)
+
+
+class NoUploads:
+    """The app takes no files: Gradio's upload route is closed (403) before it reads a byte,
+    so nobody can store files on the server or learn its temporary paths."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].rstrip("/").endswith("/upload"):
+            await send({"type": "http.response.start", "status": 403,
+                        "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": b"this app takes no uploads"})
+            return
+        await self.app(scope, receive, send)
 
 
 demo = build()
 
+def return_freed_memory_to_the_system() -> None:
+    """Let glibc give a dropped model's memory back: by default it raises its mmap threshold
+    past the first freed large block, and later weights land in heaps that never shrink, so
+    the process would stay as large as every model it ever loaded (Linux/glibc only)."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)   # M_MMAP_THRESHOLD: 1 MB, fixed
+    except (OSError, AttributeError):
+        pass
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)  # one batch-1 step is far too small to split across threads
+    return_freed_memory_to_the_system()
     # The ~350k objects of Gradio, torch and the model live as long as the server: keep them
     # out of the garbage collector's full passes (~200 ms each, stalling every stream).
     gc.freeze()
     # Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT. Gradio runs at most
     # max_threads events at once whatever their concurrency limits, so it is raised to match.
+    # Uploads: closed by NoUploads; max_file_size and the cache cleanup stand behind it.
     demo.launch(css=CSS, theme=gr.themes.Soft(), max_threads=CHAT_CONCURRENCY + 16,
-                state_session_capacity=SESSIONS_KEPT)
+                state_session_capacity=SESSIONS_KEPT, max_file_size=0, app_kwargs={"middleware": [Middleware(NoUploads)]})

@@ -14,8 +14,10 @@ reply counts only what was streamed). So with temperature 0 the first reply to M
 transcript.
 
 This module is the app's library side: validation with one-line reasons (`ChatError`), the
-session (`ChatSession`), time-paced streaming (`stream_reply`), the bounded model cache and the
-rule for which model references a visitor may load (`resolve_model_ref`).
+session (`ChatSession`), time-paced streaming (`stream_reply`, generation off the event loop
+when it costs more than a moment), the model cache bounded in bytes (`ModelCache`), the gate
+on Hub loads (`LoadGate`) and the rule for which model references a visitor may load
+(`resolve_model_ref`).
 """
 from __future__ import annotations
 
@@ -27,11 +29,13 @@ import re
 import threading
 import time
 import unicodedata
-from collections import OrderedDict, deque
+import weakref
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import AsyncIterator, Callable, Iterator
 
+import anyio
 import torch
 
 from .checkpoint import Checkpoint
@@ -44,6 +48,20 @@ MIN_TEMPERATURE = 0.01       # positive temperatures below this are treated as g
 MAX_MESSAGE_CHARS = 2000     # a message is read inline; longer ones are refused, not cut
 MAX_TURNS = 200              # per conversation, so a session's memory stays bounded
 MAX_TRANSCRIPT_CHARS = 100_000
+# What a visitor may load, set for a 2-vCPU Space: a model's parameters are also its
+# multiply-adds per character, and 2M cost 0.3–1 ms a character on one core, so one request
+# (a 2,000-character message and a 1,000-character reply) costs at most a few core-seconds.
+MAX_SERVED_PARAMETERS = 2_000_000
+# Generation work is measured in multiply-adds (characters x parameters). Up to INLINE_WORK
+# (1–2 ms on a slow core) runs on the event loop; more runs in worker threads, at
+# most WORKERS at once (one per core), in slices of at most SLICE_WORK (about 10 ms) taken in
+# turn, so a cheap step never waits behind a long message being read.
+INLINE_WORK = 8_000_000
+SLICE_WORK = 40_000_000
+WORKERS = 2
+
+
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ChatError(ValueError):
@@ -66,7 +84,11 @@ def _number(name: str, value, low: float, high: float, hint: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ChatError(f"{name} must be a number from {low:g} to {high:g}{hint}, "
                         f"got {value!r:.40}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:   # an integer beyond float range, e.g. 10**400
+        raise ChatError(f"{name} must be a number from {low:g} to {high:g}{hint}, got an "
+                        "integer too large for a number") from None
     if not math.isfinite(value) or not low <= value <= high:
         raise ChatError(f"{name} must be a number from {low:g} to {high:g}{hint}, got {value!r}")
     return value
@@ -117,6 +139,9 @@ def check_message(message, vocab: Vocab, normalization: str) -> str:
                         f"{MAX_MESSAGE_CHARS:,}: send a shorter passage")
     if not message.strip():
         raise ChatError("the message is empty: type some text for the model to continue")
+    if SURROGATE.search(message):
+        raise ChatError("the message holds a lone UTF-16 surrogate, which is not text: send "
+                        "plain Unicode text")
     text = normalize_prompt(message, normalization)
     if not any(ch in vocab.token_to_idx for ch in text if not ch.isspace()):
         raise ChatError("the model cannot read any character of this message; it knows only: "
@@ -136,6 +161,7 @@ class Turn:
     before: tuple = field(repr=False)
     reply: str = ""
     open: bool = True        # still streaming; closed turns never grow again
+    room: int = MAX_TRANSCRIPT_CHARS   # characters the reply may add within the transcript limit
 
     @property
     def read(self) -> str:
@@ -145,25 +171,60 @@ class Turn:
 
 class ChatSession:
     """One visitor's conversation: a model, the hidden state that has read the transcript,
-    and the turns (kept for undo and retry). Not thread-safe: use it from one event loop."""
+    and the turns (kept for undo and retry). Use it from one event loop; `lock` orders the
+    work on its state (replies' generation steps may run in a worker thread).
+
+    Between replies the session keeps only its stream position and a weak reference to the
+    model, so the app's ModelCache alone decides which models stay in memory; while a reply
+    streams, its generator holds the model. A session whose model was dropped says so."""
 
     def __init__(self, ckpt: Checkpoint, seed: int | None = None):
         self.rng = torch.Generator().manual_seed(
             seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+        self.lock = asyncio.Lock()
         self.turns: list[Turn] = []
         self.use(ckpt)
 
     def use(self, ckpt: Checkpoint) -> None:
         """Switch to another model; the conversation starts afresh."""
         self.close()
-        self.ckpt = ckpt
-        self.gen = Generator(ckpt.net, ckpt.vocab, ckpt.normalization)
+        self.model = weakref.ref(ckpt)
+        self.model_name = ckpt.source + (f"@{ckpt.commit[:12]}" if ckpt.commit else "")
+        self.num_params = sum(p.numel() for p in ckpt.net.parameters())
+        self.gen: Generator | None = None          # while a reply streams
+        self.position: tuple = (None, None)        # (hidden state, pending token) otherwise
         self.turns = []
+
+    @property
+    def ckpt(self) -> Checkpoint:
+        """The model, or a ChatError if the server dropped it to make room for others."""
+        ckpt = self.model()
+        if ckpt is None:
+            raise ChatError(f"this conversation's model ({self.model_name}) was unloaded to make "
+                            "room for other visitors' models: load it again, or press New chat "
+                            "to continue with the app's model")
+        return ckpt
+
+    def generator(self) -> Generator:
+        """The live generator (made from the model and the stream position when needed)."""
+        if self.gen is None:
+            ckpt = self.ckpt
+            gen = Generator(ckpt.net, ckpt.vocab, ckpt.normalization)
+            if self.position[0] is not None:
+                gen.H, gen.last = self.position
+            self.gen = gen
+        return self.gen
+
+    def park(self) -> None:
+        """Between replies: keep the stream position, let go of the model."""
+        if self.gen is not None:
+            self.position = (self.gen.H, self.gen.last)
+            self.gen = None
 
     def reset(self) -> None:
         """New chat: zero state, empty transcript."""
         self.close()
-        self.gen.reset()
+        self.gen, self.position = None, (None, None)
         self.turns = []
 
     @property
@@ -177,23 +238,27 @@ class ChatSession:
             self.turns[-1].open = False
 
     def start(self, message: str) -> Turn:
-        """Validate and read a new message; the previous reply, if still streaming, stops."""
-        text = check_message(message, self.ckpt.vocab, self.ckpt.normalization)
+        """Validate a new message and open its turn; the previous reply, if still streaming,
+        stops. The caller reads `turn.read` into the state next (`feed` or `read`)."""
+        ckpt = self.ckpt
+        text = check_message(message, ckpt.vocab, ckpt.normalization)
         self.close()
         transcript = self.transcript
-        if len(self.turns) >= MAX_TURNS or len(transcript) + len(text) > MAX_TRANSCRIPT_CHARS:
+        if len(self.turns) >= MAX_TURNS or len(transcript) + len(text) + 1 >= MAX_TRANSCRIPT_CHARS:
             raise ChatError(f"this conversation has reached its limit ({MAX_TURNS} turns or "
                             f"{MAX_TRANSCRIPT_CHARS:,} characters): press New chat to start again")
         sep = join_separator(transcript, text)
-        turn = Turn(message, sep, text, before=self.gen.snapshot())
-        self.gen.feed(turn.read)
+        turn = Turn(message, sep, text, before=self.generator().snapshot())
+        turn.room = MAX_TRANSCRIPT_CHARS - len(transcript) - len(turn.read)
         self.turns.append(turn)
         return turn
 
     def reply(self, turn: Turn, settings: Settings) -> Iterator[str]:
-        """Generate up to `settings.length` characters into `turn`, one at a time, each
-        recorded in the transcript as it is produced; nothing more once the turn is closed."""
-        chars = self.gen.generate(settings.length, settings.temperature, settings.top_k, self.rng)
+        """Generate up to `settings.length` characters into `turn` (fewer if the transcript
+        would pass its limit), one at a time, each recorded in the transcript as it is
+        produced; nothing more once the turn is closed."""
+        n = min(settings.length, turn.room)
+        chars = self.generator().generate(n, settings.temperature, settings.top_k, self.rng)
         while turn.open:
             ch = next(chars, None)
             if ch is None:
@@ -207,8 +272,37 @@ class ChatSession:
             return None
         self.close()
         turn = self.turns.pop()
-        self.gen.restore(turn.before)
+        self.gen, self.position = None, turn.before
         return turn
+
+    async def run(self, work: int, fn: Callable, *args):
+        """fn(*args) on this session's state: inline when it is `work` multiply-adds of at most
+        INLINE_WORK, else in a worker thread (one slice; see SLICE_WORK), so no session's step
+        ever holds up the event loop the others stream through. Cancelling waits for the
+        thread, so the state is never touched by two at once."""
+        if work <= INLINE_WORK:
+            return fn(*args)
+        async with _workers():
+            return await anyio.to_thread.run_sync(fn, *args)
+
+    async def read(self, text: str) -> None:
+        """Read `text` (normalised) into the state, in slices of at most SLICE_WORK."""
+        step = max(1, SLICE_WORK // self.num_params)
+        gen = self.generator()
+        for i in range(0, len(text), step):
+            piece = text[i:i + step]
+            await self.run(len(piece) * self.num_params, gen.read, piece)
+
+
+_WORKER_SLOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _workers() -> asyncio.Semaphore:
+    """The event loop's WORKERS slots for generation threads (asyncio queues them in turn)."""
+    loop = asyncio.get_running_loop()
+    if loop not in _WORKER_SLOTS:
+        _WORKER_SLOTS[loop] = asyncio.Semaphore(WORKERS)
+    return _WORKER_SLOTS[loop]
 
 
 # ---------------------------------------------------------------- paced streaming
@@ -263,27 +357,55 @@ class Pace:
 PACE = Pace()
 
 
+_PARKING: set[asyncio.Task] = set()
+
+
+async def _park_when_idle(session: ChatSession, turn: Turn) -> None:
+    async with session.lock:
+        if session.turns and session.turns[-1] is turn and not turn.open:
+            session.park()
+
+
 async def stream_reply(session: ChatSession, message: str, settings: Settings,
                        pace: Pace = PACE) -> AsyncIterator[str]:
     """Read `message` into the session and stream the reply: yields the reply so far (each a
     prefix of the next), the last one whole. Everything yielded is in the transcript and
     nothing else is: stopping (closing the generator, cancelling, a newer message) leaves the
     state consistent with what was shown."""
-    turn = session.start(message)
-    chars = session.reply(turn, settings)
+    async with session.lock:
+        turn = session.start(message)
+        try:
+            await session.read(turn.read)
+        except BaseException:   # cancelled while reading: as if the message was never sent
+            session.undo()
+            raise
+        chars = session.reply(turn, settings)
+    n = min(settings.length, turn.room)
+
+    def produce(k: int) -> int:
+        return sum(1 for _ in itertools.islice(chars, k))
+
     pace.start()
     try:
         start, sent = time.monotonic(), 0
-        while turn.open and sent < settings.length:
-            due = int((time.monotonic() - start) * pace.chars_per_second) + 1
-            for _ in itertools.islice(chars, min(due, settings.length) - sent):
-                sent += 1
+        while turn.open and sent < n:
+            due = min(int((time.monotonic() - start) * pace.chars_per_second) + 1, n)
+            async with session.lock:
+                if not turn.open:
+                    break
+                sent += await session.run((due - sent) * session.num_params, produce, due - sent)
             yield turn.reply
-            if sent < settings.length:
+            if sent < n:
                 await asyncio.sleep(pace.interval())
     finally:
         pace.stop()
         turn.open = False
+        try:  # let go of the model once no step is running (the lock says when)
+            task = asyncio.get_running_loop().create_task(_park_when_idle(session, turn))
+            _PARKING.add(task)
+            task.add_done_callback(_PARKING.discard)
+        except RuntimeError:  # closed outside an event loop: parked by the next event
+            pass
 
 
 # ---------------------------------------------------------------- models
@@ -292,10 +414,14 @@ HUB_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}
 REVISION = re.compile(r"^\w[\w./-]{0,99}$", re.ASCII)
 
 
+LOCAL_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,99}$", re.ASCII)
+
+
 def resolve_model_ref(ref, revision, checkpoints_dir: Path) -> tuple[str, str | None]:
     """What a visitor may load: a Hub repo id (with an optional revision), or a checkpoint
-    folder under `checkpoints_dir` (as `checkpoints/NAME`). Anything else, including paths
-    that leave that folder, is refused before any file is touched."""
+    folder under `checkpoints_dir` (as `checkpoints/NAME`). The decision is made on the text
+    alone, and every refusal of a path reads the same whatever exists outside that folder, so
+    no answer tells a visitor which server paths exist."""
     if not isinstance(ref, str) or not ref.strip():
         raise ChatError("type a Hub repo id (owner/name) or a folder under checkpoints/")
     ref = ref.strip()
@@ -303,51 +429,110 @@ def resolve_model_ref(ref, revision, checkpoints_dir: Path) -> tuple[str, str | 
     if len(ref) > 200 or any(unicodedata.category(c)[0] == "C" for c in ref):
         raise ChatError("that model reference is too long or holds control characters; type a "
                         "Hub repo id (owner/name) or checkpoints/NAME")
-    root = checkpoints_dir.resolve()
-    local = Path(ref).expanduser()
-    candidates = [local] if local.is_absolute() else [
-        Path.cwd() / local, root.parent / local]
-    if ref.startswith(("checkpoints/", "./checkpoints/", "/", "~", ".")) or \
-            any(p.exists() for p in candidates):
-        for p in candidates:
-            p = p.resolve()
-            if p.is_relative_to(root) and p != root and p.is_dir():
-                if revision:
-                    raise ChatError("a revision applies only to Hub repos; leave it empty "
-                                    "for a local folder")
-                return str(p), None
-        raise ChatError(f"{ref!r} is not a checkpoint folder under checkpoints/; local models "
-                        "must be folders there (e.g. checkpoints/timemachine-rnn512)")
+    name = ref.removeprefix("./").removeprefix("checkpoints/") \
+        if ref.startswith(("checkpoints/", "./checkpoints/")) else None
+    if name is not None or ref.startswith(("/", "~", ".")) or "\\" in ref or ref == "checkpoints":
+        root = checkpoints_dir.resolve()
+        folder = (root / name).resolve() if name and LOCAL_NAME.match(name) else None
+        if folder is None or folder.parent != root or not folder.is_dir():
+            raise ChatError(f"{ref[:80]!r} is not a checkpoint folder under checkpoints/; local "
+                            "models must be folders there (e.g. checkpoints/timemachine-rnn512)")
+        if revision:
+            raise ChatError("a revision applies only to Hub repos; leave it empty for a local folder")
+        return str(folder), None
     if not HUB_REPO_ID.match(ref) or ".." in ref or "--" in ref:
         raise ChatError(f"{ref!r} is not a valid Hub repo id; use owner/name, e.g. "
                         "someone/timemachine-rnn")
     if revision is not None and (not REVISION.match(revision) or ".." in revision):
-        raise ChatError(f"{revision!r} is not a valid revision; use a branch, tag or commit sha")
+        raise ChatError(f"{revision[:100]!r} is not a valid revision; use a branch, tag or commit sha")
     return ref, revision
 
 
-class ModelCache:
-    """The last few loaded models, shared by all sessions (least recently used dropped).
-    Failures are not cached, so a fixed repo loads on the next try."""
+def model_bytes(ckpt: Checkpoint) -> int:
+    return sum(p.numel() * p.element_size() for p in ckpt.net.parameters())
 
-    def __init__(self, load: Callable[[str, str | None], Checkpoint], capacity: int = 4):
-        self.load, self.capacity = load, capacity
+
+class ModelCache:
+    """The loaded models, shared by all sessions, bounded together: at most `capacity` kept
+    and `max_bytes` of weights in memory, counting every model still alive anywhere (sessions
+    hold theirs weakly between replies; a streaming reply pins its model). The least recently
+    used go first; `keep` (the app's model) never goes. A load that would pass `max_bytes`
+    while streaming replies pin the rest is refused. Failures are not cached, so a fixed repo
+    loads on the next try."""
+
+    def __init__(self, load: Callable[[str, str | None], Checkpoint], capacity: int = 4,
+                 max_bytes: int | None = None):
+        self.load, self.capacity, self.max_bytes = load, capacity, max_bytes
         self.models: OrderedDict[tuple[str, str | None], Checkpoint] = OrderedDict()
+        self.alive: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self.keep: set[tuple[str, str | None]] = set()
         self.lock = threading.Lock()
 
-    def get(self, ref: str, revision: str | None = None) -> Checkpoint:
+    def cached(self, ref: str, revision: str | None = None) -> Checkpoint | None:
+        """The model if it is in memory (no loading)."""
         key = (ref, revision)
         with self.lock:
-            if key in self.models:
+            ckpt = self.models.get(key) or self.alive.get(key)
+            if ckpt is not None:
+                self.models[key] = ckpt
                 self.models.move_to_end(key)
-                return self.models[key]
+                self._evict(key)
+            return ckpt
+
+    def get(self, ref: str, revision: str | None = None) -> Checkpoint:
+        ckpt = self.cached(ref, revision)
+        if ckpt is not None:
+            return ckpt
+        key = (ref, revision)
         ckpt = self.load(ref, revision)
         with self.lock:
-            self.models[key] = ckpt
+            self.models[key] = self.alive[key] = ckpt
             self.models.move_to_end(key)
-            while len(self.models) > self.capacity:
-                self.models.popitem(last=False)
+            if not self._evict(key):
+                del self.models[key]
+                raise ChatError(f"the server holds as many models as it can "
+                                f"({self.max_bytes >> 20} MB, in use by replies streaming now): "
+                                "try again in a minute")
         return ckpt
+
+    def _evict(self, new) -> bool:
+        """Drop least recently used models until within bounds; False if that cannot be done."""
+        def used() -> int:
+            return sum(model_bytes(c) for c in list(self.alive.values()))
+        for key in list(self.models):
+            if len(self.models) <= self.capacity and (self.max_bytes is None
+                                                      or used() <= self.max_bytes):
+                return True
+            if key != new and key not in self.keep:
+                del self.models[key]
+        return self.max_bytes is None or used() <= self.max_bytes
+
+
+class LoadGate:
+    """Who may load from the Hub now: at most `slots` loads at once and `per_visitor` for one
+    visitor; a full gate answers at once rather than queueing, so a flood of loads (or
+    downloads that hang) cannot hold anyone else's load or chat behind it. A slot is held
+    until the download really ends, after the visitor's own deadline has answered them."""
+
+    def __init__(self, slots: int = 4, per_visitor: int = 1):
+        self.slots, self.per_visitor = slots, per_visitor
+        self.busy: Counter = Counter()
+        self.lock = threading.Lock()
+
+    def enter(self, visitor: str) -> None:
+        with self.lock:
+            if sum(self.busy.values()) >= self.slots:
+                raise ChatError(f"the server is loading {self.slots} other models right now: try "
+                                "again in a few seconds")
+            if self.busy[visitor] >= self.per_visitor:
+                raise ChatError("you are already loading a model: wait for it to finish")
+            self.busy[visitor] += 1
+
+    def leave(self, visitor: str) -> None:
+        with self.lock:
+            self.busy[visitor] -= 1
+            if self.busy[visitor] <= 0:
+                del self.busy[visitor]
 
 
 def num_params(ckpt: Checkpoint) -> int:

@@ -49,8 +49,12 @@ FORMAT = "d2l-char-rnn-scratch"
 MAX_NUM_HIDDENS = 8192
 MAX_VOCAB_SIZE = 65536
 MAX_PARAMETERS = 100_000_000
-MAX_JSON_BYTES = 16 << 20
+MAX_JSON_BYTES = 2 << 20       # a 65,536-token vocabulary takes under 1 MB
 MAX_TRAINING_TEXT_BYTES = 64 << 20      # compressed, and again once decompressed (UTF-8)
+MAX_ABS_WEIGHT = 1e6           # keeps every logit finite (|logit| <= H * 1e6 + 1e6)
+MAX_METADATA_NUMBER = 1e15     # training metadata: counts, rates, perplexities
+MAX_METADATA_TEXT = 10_000     # characters of one metadata string (e.g. the command)
+UNK = "<unk>"
 
 
 class CheckpointError(ValueError):
@@ -243,8 +247,8 @@ def _read_json(path: Path):
         raise CheckpointError(f"{path} is larger than {MAX_JSON_BYTES >> 20} MB; not a checkpoint file")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:  # bad UTF-8, bad JSON, or an integer too long to convert
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, >4300-digit integers
+        raise CheckpointError(f"{path} is not valid JSON ({str(e)[:120]})") from None
 
 
 def check_model_size(vocab_size, num_hiddens) -> None:
@@ -259,8 +263,40 @@ def check_model_size(vocab_size, num_hiddens) -> None:
                               f"{MAX_PARAMETERS:,} parameters; refusing to allocate")
 
 
-def read_config(folder: str | os.PathLike) -> dict:
-    """Read and check `config.json`: sizes within the sanity limits, a known normalisation."""
+def num_parameters(vocab_size: int, num_hiddens: int) -> int:
+    """Parameters of the §8.5 model: also the multiply-adds of one generated character."""
+    V, H = vocab_size, num_hiddens
+    return V * H * 2 + H * H + H + V
+
+
+def _check_metadata(path: Path, key: str, value, depth: int = 0) -> None:
+    """Training metadata is shown and formatted, never trusted: plain JSON of sane sizes."""
+    if depth > 4:
+        raise CheckpointError(f"{path}: {key} is nested too deeply")
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, (int, float)):  # a float may be inf or NaN (a diverged run)
+        if isinstance(value, int) and abs(value) > MAX_METADATA_NUMBER:
+            raise CheckpointError(f"{path}: {key} must be a number of at most "
+                                  f"{MAX_METADATA_NUMBER:.0e} in size, got {str(value)[:40]}...")
+    elif isinstance(value, str):
+        if len(value) > MAX_METADATA_TEXT:
+            raise CheckpointError(f"{path}: {key} is longer than {MAX_METADATA_TEXT:,} characters")
+    elif isinstance(value, list):
+        if len(value) > MAX_METADATA_TEXT:
+            raise CheckpointError(f"{path}: {key} has more than {MAX_METADATA_TEXT:,} entries")
+        for i, v in enumerate(value):
+            _check_metadata(path, f"{key}[{i}]", v, depth + 1)
+    elif isinstance(value, dict):
+        if len(value) > 1000:
+            raise CheckpointError(f"{path}: {key} has more than 1,000 entries")
+        for k, v in value.items():
+            _check_metadata(path, f"{key}.{k}", v, depth + 1)
+
+
+def read_config(folder: str | os.PathLike, max_parameters: int = MAX_PARAMETERS) -> dict:
+    """Read and check `config.json`: sizes within the sanity limits (and `max_parameters`), a
+    known normalisation, and `training` metadata of sane types and sizes."""
     path = Path(folder) / CONFIG_NAME
     config = _read_json(path)
     if not isinstance(config, dict):
@@ -269,9 +305,18 @@ def read_config(folder: str | os.PathLike) -> dict:
         check_model_size(config.get("vocab_size"), config.get("num_hiddens"))
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    V, H = config["vocab_size"], config["num_hiddens"]
+    if num_parameters(V, H) > max_parameters:
+        raise CheckpointError(f"{path}: vocab_size {V} and num_hiddens {H} make "
+                              f"{num_parameters(V, H):,} parameters, more than the "
+                              f"{max_parameters:,} allowed here; refusing to allocate")
     if config.get("normalization") not in NORMALIZATIONS:
         raise CheckpointError(f"{path}: normalization must be one of {NORMALIZATIONS}, "
-                              f"got {config.get('normalization')!r}")
+                              f"got {str(config.get('normalization'))[:40]!r}")
+    if not isinstance(config.get("training", {}), dict):
+        raise CheckpointError(f"{path}: training must be a JSON object")
+    for key, value in config.items():
+        _check_metadata(path, key, value)
     return config
 
 
@@ -284,8 +329,13 @@ def read_vocab(folder: str | os.PathLike, vocab_size: int) -> Vocab:
     if len(tokens) != vocab_size:
         raise CheckpointError(f"{path} has {len(tokens)} tokens but config.json says "
                               f"vocab_size {vocab_size}; the files do not belong together")
-    if not tokens or tokens[0] != "<unk>" or len(set(tokens)) != len(tokens):
+    if not tokens or tokens[0] != UNK or len(set(tokens)) != len(tokens):
         raise CheckpointError(f"{path} must start with '<unk>' and hold distinct tokens")
+    for i, t in enumerate(tokens[1:], 1):  # a character model: one character per token
+        if len(t) != 1 or 0xD800 <= ord(t) <= 0xDFFF:
+            shown = ascii(t[:20]) + ("..." if len(t) > 20 else "")
+            raise CheckpointError(f"{path}: token {i} is {shown}; every token after '<unk>' must "
+                                  "be a single Unicode character (not a lone surrogate)")
     return Vocab(idx_to_token=tokens)
 
 
@@ -321,19 +371,27 @@ def read_weights(folder: str | os.PathLike, vocab_size: int, num_hiddens: int
         raise CheckpointError(f"{path} could not be read ({e})") from None
 
 
-def load_checkpoint(folder: str | os.PathLike, device: torch.device | str = "cpu") -> Checkpoint:
-    """Load and validate a checkpoint folder; a GPU-trained checkpoint loads on the CPU."""
+def load_checkpoint(folder: str | os.PathLike, device: torch.device | str = "cpu",
+                    max_parameters: int = MAX_PARAMETERS) -> Checkpoint:
+    """Load and validate a checkpoint folder; a GPU-trained checkpoint loads on the CPU.
+
+    Weights must be finite and at most MAX_ABS_WEIGHT in size, so every logit is finite and
+    greedy and sampled generation always pick a real character."""
     folder = Path(folder)
     recover_checkpoint(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
-    config = read_config(folder)
+    config = read_config(folder, max_parameters)
     V, H = config["vocab_size"], config["num_hiddens"]
     vocab = read_vocab(folder, V)
     tensors = read_weights(folder, V, H)
     for name, t in tensors.items():
         if not torch.isfinite(t).all():
             raise CheckpointError(f"{folder / WEIGHTS_NAME}: {name} holds NaN or infinite values")
+        if t.numel() and float(t.abs().max()) > MAX_ABS_WEIGHT:
+            raise CheckpointError(f"{folder / WEIGHTS_NAME}: {name} holds values beyond "
+                                  f"±{MAX_ABS_WEIGHT:.0e}, which overflow the logits; not a "
+                                  "usable model (retrain with a smaller learning rate)")
     # Built on the CPU (a few ms) with the caller's random stream left as it was: any op on
     # the "meta" device first imports torch._dynamo (~1 s of start-up, bench/startup.py).
     with torch.random.fork_rng(devices=[]):

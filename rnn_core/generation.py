@@ -88,11 +88,15 @@ class Generator:
     def feed(self, text: str) -> str:
         """Normalise `text` as the training text was and read it; returns what was read."""
         text = normalize_prompt(text, self.normalization)
+        self.read(text)
+        return text
+
+    def read(self, text: str) -> None:
+        """Read `text` as it is (already normalised), one character after the other."""
         for ch in text:
             if self.last is not None:
                 self._step(self.last, logits=False)
             self.last = self.vocab[ch]
-        return text
 
     def generate(self, num_preds: int, temperature: float = 0.0, top_k: int = 0,
                  rng: torch.Generator | None = None) -> Iterator[str]:

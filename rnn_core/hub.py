@@ -4,12 +4,13 @@
     info = push_checkpoint("runs/rnn", "user/timemachine-rnn")   # info.commit_url, info.oid
 
 Loading downloads only config.json, vocab.json and model.safetensors into the standard Hugging
-Face cache (config first: absurd sizes are refused before the weights are fetched), all pinned
-to one commit, then validates them exactly like a local folder. It works offline from the
-cache. Pushing uploads the model files, the plot and a model card in a single commit, so a
-failed push never leaves a half-updated repo, on top of the commit the push started from, so
-a push that raced another one is refused instead of overwriting it. The token comes from
-HF_TOKEN or `hf auth login` (huggingface_hub's defaults) and is never printed or written anywhere.
+Face cache (each file's size asked of the Hub first; config first, so absurd sizes are refused
+before the weights are fetched), all pinned to one commit, then validates them exactly like a
+local folder. It works offline from the cache. Pushing uploads the model files, the plot and a
+model card in a single commit, so a failed push never leaves a half-updated repo, on top of the
+commit the push started from, so a push that raced another one is refused instead of
+overwriting it. The token comes from HF_TOKEN or `hf auth login`
+(huggingface_hub's defaults) and is never printed or written anywhere.
 
 Every failure is a `HubError` (a `CheckpointError`, so a `ValueError`) with a one-line message
 saying what went wrong and what to do.
@@ -28,9 +29,10 @@ from huggingface_hub.errors import (HfHubHTTPError, HFValidationError, LocalEntr
 from huggingface_hub.utils import validate_repo_id
 
 from .card import make_model_card, training_metadata
-from .checkpoint import (CARD_NAME, CONFIG_NAME, MAX_TRAINING_TEXT_BYTES, MODEL_FILES,
-                         PLOT_NAME, TRAINING_TEXT_NAME, VOCAB_NAME, WEIGHTS_NAME, Checkpoint,
-                         CheckpointError, load_checkpoint, read_config)
+from .checkpoint import (CARD_NAME, CONFIG_NAME, MAX_JSON_BYTES, MAX_PARAMETERS,
+                         MAX_TRAINING_TEXT_BYTES, MODEL_FILES, PLOT_NAME, TRAINING_TEXT_NAME,
+                         VOCAB_NAME, WEIGHTS_NAME, Checkpoint, CheckpointError, load_checkpoint,
+                         read_config)
 from .generation import predict_ch8
 from .model import param_shapes
 
@@ -44,49 +46,58 @@ class HubError(CheckpointError):
     """A Hub model that cannot be loaded, or a push that failed; the message says what to do."""
 
 
-def load_model(ref: str, revision: str | None = None) -> Checkpoint:
+def load_model(ref: str, revision: str | None = None,
+               max_parameters: int = MAX_PARAMETERS) -> Checkpoint:
     """Load a checkpoint from a local folder (if `ref` is one) or a Hub repo id "user/name".
 
     `revision` (a branch, tag or commit sha; default main) applies to Hub repos only. The
     result's `source` is the folder or repo id and `commit` the resolved Hub commit sha.
+    Models of more than `max_parameters` are refused (before their weights are downloaded).
     """
+    if not isinstance(ref, str) or not ref.strip():
+        raise HubError("no model given: name a checkpoint folder or a Hub repo id like user/name")
     path = Path(ref).expanduser()
     if path.is_dir():
         if revision is not None:
             raise HubError(f"--revision only applies to Hub repo ids, but {ref} is a local folder; "
                            "drop --revision")
-        return load_checkpoint(path)
+        return load_checkpoint(path, max_parameters=max_parameters)
     if ref.startswith((".", "/", "~")) or ref.endswith("/") or ref.count("/") > 1 or "\\" in ref:
         raise HubError(f"checkpoint folder {ref} does not exist")
     try:
         validate_repo_id(ref)
     except HFValidationError:
         raise HubError(f"{ref!r} is neither a checkpoint folder nor a Hub repo id like user/name") from None
-    folder = download_checkpoint(ref, revision)
-    ckpt = _validated(ref, folder, load_checkpoint)
-    ckpt.source, ckpt.commit = ref, folder.name
+    return load_from_hub(ref, revision, max_parameters)
+
+
+def load_from_hub(repo_id: str, revision: str | None = None,
+                  max_parameters: int = MAX_PARAMETERS) -> Checkpoint:
+    """Load a Hub repo's checkpoint (never a local folder of the same name)."""
+    folder = download_checkpoint(repo_id, revision, max_parameters)
+    ckpt = _validated(repo_id, folder, lambda f: load_checkpoint(f, max_parameters=max_parameters))
+    ckpt.source, ckpt.commit = repo_id, folder.name
     return ckpt
 
 
-def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
+def download_checkpoint(repo_id: str, revision: str | None = None,
+                        max_parameters: int = MAX_PARAMETERS) -> Path:
     """Fetch a repo's checkpoint files into the HF cache; returns the commit's snapshot folder.
 
-    config.json comes first and its sizes are checked before anything else is fetched; the
-    other files are then pinned to the commit config.json came from.
+    Every file's size is asked of the Hub (its metadata) before the file is fetched:
+    config.json and vocab.json must be small, and the weights no larger than the config
+    implies. config.json comes first and is checked before anything else is fetched; the
+    other files are pinned to the commit config.json came from.
     """
-    folder = Path(_download(repo_id, CONFIG_NAME, revision)).parent  # .../snapshots/<commit sha>
-    config = _validated(repo_id, folder, read_config)
-    commit = folder.name
+    folder = Path(_fetch(repo_id, CONFIG_NAME, revision, None, MAX_JSON_BYTES)).parent
+    config = _validated(repo_id, folder, lambda f: read_config(f, max_parameters))
+    commit = folder.name                                 # .../snapshots/<commit sha>
     asked = revision or "main"
-    _download(repo_id, VOCAB_NAME, commit, asked)
+    _fetch(repo_id, VOCAB_NAME, commit, asked, MAX_JSON_BYTES)
     V, H = config["vocab_size"], config["num_hiddens"]
     max_bytes = 4 * sum(math.prod(s) for s in param_shapes(V, H).values()) + HEADER_ALLOWANCE
-    info = _download(repo_id, WEIGHTS_NAME, commit, asked, dry_run=True)
-    if not info.is_cached and info.file_size is not None and info.file_size > max_bytes:
-        raise HubError(f"{repo_id}@{commit[:8]}/{WEIGHTS_NAME} is {info.file_size:,} bytes but "
-                       f"vocab_size {V} and num_hiddens {H} need at most {max_bytes:,}; not downloading "
-                       "it, the repo does not hold a usable checkpoint of this project")
-    _download(repo_id, WEIGHTS_NAME, commit, asked)
+    _fetch(repo_id, WEIGHTS_NAME, commit, asked, max_bytes,
+           f"vocab_size {V} and num_hiddens {H} need at most {max_bytes:,}")
     if config.get("training_text") is not None:
         _download_training_text(repo_id, commit, asked)
     return folder
@@ -97,11 +108,28 @@ def _download_training_text(repo_id: str, commit: str, asked: str) -> None:
     large. Optional: without it the model loads, and the memorisation check says the text is
     missing."""
     try:
-        info = _download(repo_id, TRAINING_TEXT_NAME, commit, asked, dry_run=True)
-        if info.is_cached or info.file_size is None or info.file_size <= MAX_TRAINING_TEXT_BYTES:
-            _download(repo_id, TRAINING_TEXT_NAME, commit, asked)
+        _fetch(repo_id, TRAINING_TEXT_NAME, commit, asked, MAX_TRAINING_TEXT_BYTES)
     except HubError:
         pass
+
+
+def _fetch(repo_id: str, filename: str, revision: str | None, asked: str | None,
+           max_bytes: int, why: str = "") -> str:
+    """Download one file after asking the Hub its size; a file over `max_bytes` (or of no
+    stated size) is refused without being fetched."""
+    info = _download(repo_id, filename, revision, asked, dry_run=True)
+    where = f"{repo_id}@{info.commit_hash[:8]}/{filename}"
+    if info.file_size is None:
+        raise HubError(f"the Hub did not say how large {where} is; not downloading it")
+    if info.file_size > max_bytes:
+        raise HubError(f"{where} is {info.file_size:,} bytes but "
+                       f"{why or f'a checkpoint file needs at most {max_bytes:,}'}; not downloading "
+                       "it, the repo does not hold a usable checkpoint of this project")
+    path = _download(repo_id, filename, revision, asked)   # by name too, so the cache learns the ref
+    if os.path.getsize(path) > max_bytes:   # the branch moved between the two requests
+        raise HubError(f"{repo_id}@{revision or 'main'}/{filename} is larger than {max_bytes:,} "
+                       "bytes; the repo does not hold a usable checkpoint of this project")
+    return path
 
 
 def _validated(repo_id: str, folder: Path, check):

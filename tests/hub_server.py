@@ -27,7 +27,8 @@ Test hooks: `tokens` (token → user), `read_only` (tokens whose role is "read")
 `fail_next(route, mode)` to inject a server error
 ("500") or a dropped connection ("drop") into the next request on a route, `gate(route, n)` to
 hold the next n requests on a route until all n have arrived (then serve them in arrival
-order: a race made certain), `requests` (a log of (method, path)), and `put_commit` to seed
+order: a race made certain), `delays` (repo id → seconds every request naming that repo
+waits: a slow or hanging Hub), `requests` (a log of (method, path)), and `put_commit` to seed
 repos with arbitrary files. Model repos are in `repos`, Spaces in `spaces` (the same id can be
 both, as on the Hub).
 
@@ -41,6 +42,7 @@ import fnmatch
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -132,6 +134,7 @@ class HubServer:
         self.requests: list[tuple[str, str]] = []
         self.failures: dict[str, list[str]] = {}
         self.gates: dict[str, Gate] = {}
+        self.delays: dict[str, float] = {}
         self.lock = threading.RLock()
         self._counter = 0
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
@@ -262,6 +265,10 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             parts = [unquote(p) for p in path.strip("/").split("/")]
             with hub.lock:
                 hub.requests.append((method, path))
+                delay = max((t for repo, t in hub.delays.items() if f"/{repo}/" in path + "/"),
+                            default=0)
+            if delay:
+                time.sleep(delay)
             body = self._read_body()
             gate = None
             try:

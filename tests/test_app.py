@@ -311,28 +311,42 @@ def test_refused_calls_end_with_a_reason(app, args, reason):
     assert reason in str(e.value) and "\n" not in str(e.value)
 
 
-def raw_chat(app: AppServer, data: list, body: str | None = None) -> list[dict]:
-    """One /chat call over Gradio's HTTP protocol, for values gradio_client will not send
-    (NaN, infinities): returns the stream's messages."""
+def raw_call(app: AppServer, api_name: str, data: list, body: str | None = None,
+             source: str | None = None) -> list[dict]:
+    """One call over Gradio's HTTP protocol, for what gradio_client will not send (NaN,
+    infinities, missing values) or from another loopback address (`source`, e.g. 127.0.0.2:
+    another visitor): returns the stream's messages."""
     config = httpx.get(app.url + "/config", timeout=10).json()
-    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "chat")
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name)
     session = uuid.uuid4().hex
     payload = {"data": data, "fn_index": fn_index, "session_hash": session,
                "event_data": None, "trigger_id": None}
     content = body if body is not None else json.dumps(payload)  # json.dumps writes NaN
-    r = httpx.post(app.url + "/gradio_api/queue/join", content=content,
-                   headers={"content-type": "application/json"}, timeout=10)
-    if r.status_code != 200:
-        return [{"msg": "rejected", "status": r.status_code, "detail": r.text}]
-    messages = []
-    with httpx.stream("GET", f"{app.url}/gradio_api/queue/data?session_hash={session}",
-                      timeout=30) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("data:"):
-                messages.append(json.loads(line[5:]))
-                if messages[-1]["msg"] == "process_completed":
-                    break
+    transport = httpx.HTTPTransport(local_address=source) if source else None
+    with httpx.Client(transport=transport, timeout=60) as http:
+        r = http.post(app.url + "/gradio_api/queue/join", content=content,
+                      headers={"content-type": "application/json"})
+        if r.status_code != 200:
+            return [{"msg": "rejected", "status": r.status_code, "detail": r.text}]
+        messages = []
+        with http.stream("GET", f"{app.url}/gradio_api/queue/data?session_hash={session}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    messages.append(json.loads(line[5:]))
+                    if messages[-1]["msg"] == "process_completed":
+                        break
     return messages
+
+
+def raw_chat(app: AppServer, data: list, body: str | None = None) -> list[dict]:
+    return raw_call(app, "chat", data, body)
+
+
+def raw_error(messages: list[dict]) -> str | None:
+    """The error a call ended with (None if it succeeded)."""
+    last = messages[-1]
+    assert last["msg"] == "process_completed", last
+    return None if last["success"] else last["output"]["error"]
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
@@ -405,3 +419,235 @@ def test_soak_many_sessions_stay_correct_and_memory_stays_flat(app, tiny):
     print(f"soak: {sum(len(v) for v in logs.values())} turns, server memory "
           f"{rss['warm'] >> 20} MB after warm-up, {rss['end'] >> 20} MB at the end")
     assert grown < 40, f"server memory grew {grown:.0f} MB after warm-up"
+
+
+# ---------------------------------------------------------------- a public Space under hostile visitors
+
+BOOK_VOCAB = Vocab("abcdefghijklmnopqrstuvwxyz ")
+
+
+def random_model(folder: Path, num_hiddens: int, scale: float = 1.0, seed: int = 0,
+                 vocab: Vocab = BOOK_VOCAB, training: dict | None = None) -> Path:
+    """An untrained model of any size (book normalisation, weights randn * 0.01 * scale),
+    which like a trained one never predicts `<unk>`."""
+    torch.manual_seed(seed)
+    net = RNNModelScratch(len(vocab), num_hiddens)
+    weights = {name: getattr(net, name).detach() * scale for name in PARAM_NAMES}
+    weights["b_q"][0] = -1000.0
+    return save_checkpoint(folder, weights, vocab, {"normalization": "book",
+                                                    "training": training or {}})
+
+
+def edited(files: dict[str, bytes], name: str, edit) -> dict[str, bytes]:
+    """`files` with the JSON file `name` changed by `edit(obj) -> obj`."""
+    return {**files, name: json.dumps(edit(json.loads(files[name]))).encode()}
+
+
+@pytest.fixture(scope="module")
+def hostile(hub, tiny_checkpoint, tmp_path_factory):
+    """Repos a hostile visitor may point the app at, seeded into the module's Hub."""
+    ours = checkpoint_files(tiny_checkpoint)
+    folder = tmp_path_factory.mktemp("hostile")
+    big = checkpoint_files(random_model(folder / "big", 1380, scale=30))  # at the served limit
+    huge = load_checkpoint(tiny_checkpoint)
+    weights = {n: getattr(huge.net, n).detach() * (1e30 if n == "W_hq" else 1) for n in PARAM_NAMES}
+    repos = {
+        "user/big-rnn": big,
+        "user/too-big": edited(ours, "config.json", lambda c: {**c, "num_hiddens": 1500}),
+        "user/huge-ppl": edited(ours, "config.json",
+                                lambda c: {**c, "training": {**c["training"], "final_val_ppl": 10 ** 30}}),
+        "user/surrogate": edited(ours, "vocab.json", lambda v: v[:5] + ["\ud800"] + v[6:]),
+        "user/long-token": edited(ours, "vocab.json", lambda v: v[:5] + ["e" * 100_000] + v[6:]),
+        "user/huge-weights": checkpoint_files(save_checkpoint(folder / "huge", weights, huge.vocab,
+                                                              {"normalization": "book"})),
+    }
+    for repo, files in repos.items():
+        hub.put_commit(repo, files)
+    return repos
+
+
+def test_uploads_are_closed(app):
+    """Issue 9 item 16: the app takes no files; Gradio's upload route stores nothing."""
+    r = httpx.post(app.url + "/gradio_api/upload", files={"files": ("x.bin", b"\0" * (1 << 20))},
+                   timeout=30)
+    assert r.status_code in (403, 404, 413), (r.status_code, r.text)
+    assert "/tmp" not in r.text and "gradio" not in r.text.lower()
+
+
+def test_huge_numbers_and_missing_values_get_a_reason(app, tiny):
+    """Issue 9 item 21: 10**400 for a slider, and a call with values missing."""
+    with pytest.raises(AppError) as e:
+        app.client().predict("time", 10 ** 400, 0.0, 0, api_name="/chat")
+    assert str(e.value).startswith("length must be a number from 1 to 1000") and \
+        "too large" in str(e.value)
+    error = raw_error(raw_chat(app, ["time"]))
+    assert error and "takes 5 values" in error and "got 1" in error and "\n" not in error
+    assert "OverflowError" not in app.output()
+    assert chat(app.client(), "time") == continuation(tiny, "time", 40)
+
+
+def test_load_refusals_reveal_no_server_paths_or_hub_endpoint(app, hub):
+    """Issue 9 item 17: what a refusal says does not depend on what exists outside
+    checkpoints/, and never shows HF_ENDPOINT or the server's folders."""
+    pairs = [("rnn_core/../../../../etc/passwd", "rnn_core/../../../../etc/nope"),
+             ("/etc/passwd", "/etc/nope"), ("../../../../../../etc", "../../../../../../nope"),
+             ("checkpoints/../rnn_core", "checkpoints/../nope"), ("tests", "nope-folder"),
+             ("~/", "~/nope")]
+    for existing, missing in pairs:
+        answers = [raw_error(raw_call(app, "load_model", [ref, "", None]))
+                   for ref in (existing, missing)]
+        assert answers[0] and answers[0].replace(existing, "REF") == answers[1].replace(missing, "REF"), answers
+    errors = [raw_error(raw_call(app, "load_model", [ref, rev, None]))
+              for ref, rev in [("nobody/missing", ""), ("user/tiny-rnn", "no-such-branch")]]
+    for error in errors:
+        assert error.startswith("Model not loaded") and hub.url not in error
+        assert str(ROOT) not in error and str(app.hf_home) not in error
+
+
+@pytest.mark.parametrize("repo,reason", [
+    ("user/too-big", "more than the 2,000,000 allowed here"),
+    ("user/huge-ppl", "training.final_val_ppl must be a number of at most"),
+    ("user/surrogate", "must be a single Unicode character (not a lone surrogate)"),
+    ("user/long-token", "must be a single Unicode character"),
+    ("user/huge-weights", "overflow the logits"),
+])
+def test_hostile_repos_are_refused_and_the_session_stays_as_it_was(app, hub, hostile, tiny,
+                                                                   repo, reason):
+    """Issue 9 items 13, 18, 19, 20, 22: refused on load with the reason; the conversation
+    goes on with its model, New chat and other loads still work."""
+    client = app.client()
+    log = [("time", chat(client, "time"))]
+    n = len(hub.requests)
+    with pytest.raises(AppError, match="Model not loaded") as e:
+        client.predict(repo, "", api_name="/load_model")
+    assert reason in str(e.value) and "\n" not in str(e.value)
+    if repo == "user/too-big":   # refused from its config, the weights never fetched
+        assert not any(p.endswith("model.safetensors") for _, p in hub.requests[n:])
+    log.append(("machine", chat(client, "machine")))
+    replay(tiny, log)
+    assert client.predict(api_name="/new_chat") == []
+    card, _, _ = client.predict("checkpoints/timemachine-rnn512", "", api_name="/load_model")
+    assert "bundled with the app" in plain(card)
+
+
+def test_a_message_with_a_lone_surrogate_is_refused(app, tiny):
+    error = raw_error(raw_chat(app, ["time \ud800 machine", 40, 0.0, 0, None]))
+    assert error and "lone UTF-16 surrogate" in error
+    assert chat(app.client(), "time") == continuation(tiny, "time", 40)
+
+
+def test_hostile_rnn_model_cannot_stop_the_app_starting(hub, hostile, tmp_path):
+    """Issue 9 item 18: RNN_MODEL naming a repo whose config.json holds a huge integer."""
+    server = AppServer(tmp_path, RNN_MODEL="user/huge-ppl", HF_ENDPOINT=hub.url,
+                       HF_HOME=str(tmp_path / "hf"))
+    try:
+        text = server.page_text()
+        assert "Could not load RNN_MODEL=user/huge-ppl" in text and "final_val_ppl" in text
+        assert "Serving the bundled model instead" in text
+    finally:
+        server.stop()
+
+
+def stream_times(client: Client, message: str, length: int, times: list, errors: list) -> None:
+    """Stream one /chat reply, recording when each update arrived."""
+    try:
+        job = client.submit(message, length, 0.0, 0, api_name="/chat")
+        for _ in job:
+            times.append(time.monotonic())
+        assert len(job.result()) == length
+    except Exception as e:  # reported by the caller
+        errors.append(e)
+
+
+def test_heavy_requests_never_hold_up_other_streams(app, hostile):
+    """Issue 9 item 11: five visitors send 2,000-character messages to a model at the
+    app's size limit while another streams: that stream keeps flowing."""
+    heavy = [app.client() for _ in range(5)]
+    for client in heavy:
+        card, _, _ = client.predict("user/big-rnn", "", api_name="/load_model")
+        assert "1380 hidden units" in plain(card)
+    message = ("the time traveller " * 110)[:2000]
+    times, errors = [], []
+    observer = threading.Thread(target=stream_times,
+                                args=(app.client(), "time", 300, times, errors))
+    observer.start()
+    time.sleep(1.0)
+    threads = [threading.Thread(target=stream_times, args=(c, message, 100, [], errors))
+               for c in heavy]
+    for t in threads:
+        t.start()
+    for t in [observer, *threads]:
+        t.join(120)
+    assert not errors, errors
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert max(gaps) < 0.75, f"the other stream stalled {max(gaps):.2f} s"
+
+
+def test_model_memory_is_bounded_across_sessions(hub, tmp_path):
+    """Issue 9 item 12: ten sessions, each on its own commit of a 6 MB model: the models
+    in memory stay within RNN_MODEL_MEMORY_MB together; the session whose model was dropped
+    is told so and New chat continues on the app's model."""
+    files = checkpoint_files(random_model(tmp_path / "mid", 1200, scale=30))
+    commits = [hub.put_commit("user/mid-rnn", files, message=f"commit {i}") for i in range(10)]
+    server = AppServer(tmp_path, HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"),
+                       RNN_MODEL_MEMORY_MB="20")
+    try:
+        process = psutil.Process(server.proc.pid)
+        clients = []
+        for i, sha in enumerate(commits):
+            clients.append(server.client())
+            clients[-1].predict("user/mid-rnn", sha, api_name="/load_model")
+            chat(clients[-1], "time", 5)
+            if i == 0:
+                rss0 = process.memory_info().rss
+        grown = (process.memory_info().rss - rss0) / 2**20
+        assert grown < 36, f"server memory grew {grown:.0f} MB for 9 more 6 MB models"
+        with pytest.raises(AppError, match="was unloaded to make room"):
+            chat(clients[0], "machine", 5)
+        assert clients[0].predict(api_name="/new_chat") == []
+        assert len(chat(clients[0], "machine", 5)) == 5
+        assert len(chat(clients[-1], "machine", 5)) == 5   # the latest are still in memory
+    finally:
+        server.stop()
+
+
+def test_loads_have_deadlines_and_cannot_starve_others(hub, tmp_path):
+    """Issue 9 item 15: two visitors' downloads hang; a third visitor floods loads of repos
+    that do not exist. Others still load (folders and Hub repos) and chat at once, the
+    hanging loads are answered at their deadline, and the flood is turned away."""
+    hub.put_commit("user/slow-rnn", hub.files("user/tiny-rnn"))
+    hub.delays["user/slow-rnn"] = 30
+    server = AppServer(tmp_path, HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"),
+                       RNN_LOAD_TIMEOUT="4")
+    try:
+        hanging, flood = {}, {}
+
+        def load(results, key, ref, source):
+            start = time.monotonic()
+            results[key] = (raw_error(raw_call(server, "load_model", [ref, "", None],
+                                               source=source)), time.monotonic() - start)
+
+        threads = [threading.Thread(target=load, args=(hanging, i, "user/slow-rnn", f"127.0.0.{i}"))
+                   for i in (2, 3)]
+        threads += [threading.Thread(target=load, args=(flood, i, f"nobody/missing-{i}",
+                                                        "127.0.0.4")) for i in range(20)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        client = server.client()
+        start = time.monotonic()
+        card, _, _ = client.predict("checkpoints/timemachine-rnn512", "", api_name="/load_model")
+        assert "bundled with the app" in plain(card)
+        card, _, _ = client.predict("user/other-rnn", "", api_name="/load_model")
+        assert "user/other-rnn" in plain(card)
+        assert len(chat(client, "abc", 20)) == 20
+        assert time.monotonic() - start < 4, "loads and chats waited behind the hanging loads"
+        for t in threads:
+            t.join(60)
+        for error, took in hanging.values():
+            assert error and "took longer than 4 s" in error and took < 20   # not the 30 s hang
+        turned_away = [e for e, _ in flood.values() if e and "already loading a model" in e]
+        assert len(turned_away) >= 15, flood
+    finally:
+        hub.delays.clear()
+        server.stop()

@@ -59,11 +59,13 @@ def test_generation_latency_prints_both_modes_and_checks_greedy_equality():
 def test_serve_load_streams_from_the_real_app_without_errors():
     out = bench("serve_load.py")
     for n in ("1", "4"):
-        fields = next(l.split() for l in out.splitlines() if l.split()[:1] == [n])
-        n_, ttfc50, ttfc95, cps5, cps50, gap95, errors, srv_cpu, rss, cli_cpu = fields
-        assert errors == "0", out
-        assert all(re.fullmatch(NUM, f) for f in (ttfc50, ttfc95, cps5, cps50, gap95, rss))
-        assert srv_cpu.endswith("%") and cli_cpu.endswith("%")
+        for app in ("ours", "bare"):    # the app and the framework's floor, side by side
+            fields = next(l.split() for l in out.splitlines() if l.split()[:2] == [n, app])
+            n_, app_, ttfc50, ttfc95, cps5, cps50, gap95, errors, srv_cpu, rss, cli_cpu = fields
+            assert errors == "0", out
+            assert all(re.fullmatch(NUM, f) for f in (ttfc50, ttfc95, cps5, cps50, gap95, rss))
+            assert srv_cpu.endswith("%") and cli_cpu.endswith("%")
+        assert re.search(rf"^N={n} .*ours/bare: TTFC p95 {NUM}x, gap p95 {NUM}x", out, re.M), out
 
 
 def test_startup_times_the_first_answer():

@@ -268,13 +268,32 @@ def test_local_folders_only_under_checkpoints(project):
     ckpts = project / "checkpoints"
     assert resolve_model_ref("checkpoints/good", "", ckpts) == (str(ckpts / "good"), None)
     assert resolve_model_ref(" ./checkpoints/good ", None, ckpts)[0] == str(ckpts / "good")
-    for ref in ("checkpoints/escape", "checkpoints/../secret", "secret", "../secret", "/etc",
+    for ref in ("checkpoints/escape", "checkpoints/../secret", "../secret", "/etc",
                 "/etc/passwd", "~", "~/.ssh", "checkpoints", "checkpoints/", ".", "..",
                 "checkpoints/missing", str(project / "secret"), "checkpoints/good/../../secret"):
         with pytest.raises(ChatError, match="checkpoints/"):
             resolve_model_ref(ref, None, ckpts)
     with pytest.raises(ChatError, match="revision"):
         resolve_model_ref("checkpoints/good", "main", ckpts)
+    # a bare name is a Hub repo id, whatever exists beside the app (no path oracle)
+    assert resolve_model_ref("secret", None, ckpts) == ("secret", None)
+
+
+def test_refusals_do_not_depend_on_what_exists_outside_checkpoints(project):
+    """Issue 9 item 17: a visitor cannot probe which server paths exist."""
+    ckpts = project / "checkpoints"
+    pairs = [("/etc/passwd", "/etc/no-such-file"), ("checkpoints/../secret", "checkpoints/../nope"),
+             ("../secret", "../nope"), ("checkpoints/escape", "checkpoints/nope"),
+             ("secret", "nope"), ("secret/../secret", "nope/../nope"), ("~/", "~/no-such-folder")]
+
+    def outcome(ref):
+        try:
+            return resolve_model_ref(ref, None, ckpts)[0].replace(ref, "REF")
+        except ChatError as e:
+            return str(e).replace(ref[:80], "REF")
+
+    for existing, missing in pairs:
+        assert outcome(existing) == outcome(missing), (existing, missing)
 
 
 def test_hub_ids_and_revisions_are_checked(project):

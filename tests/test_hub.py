@@ -2,6 +2,7 @@
 them) with the real huggingface_hub client against the Hub-compatible server in hub_server.py."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import secrets
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file, save
 
 from hub_server import HubServer
 
@@ -261,11 +263,31 @@ def bad_repos(hub, tiny_checkpoint, other_checkpoint, tmp_path_factory):
     marker = tmp_path_factory.mktemp("bomb") / "unpickled"
     absurd = ours["config.json"].replace(b'"num_hiddens": 32', b'"num_hiddens": 1000000')
     assert absurd != ours["config.json"]
+    config = json.loads(ours["config.json"])
+    vocab = json.loads(ours["vocab.json"])
+    weights = load_file(tiny_checkpoint / "model.safetensors")
+
+    def with_config(**training) -> bytes:
+        return json.dumps({**config, "training": {**config["training"], **training}}).encode()
+
+    def with_vocab(index: int, token: str) -> bytes:
+        return json.dumps(vocab[:index] + [token] + vocab[index + 1:]).encode()
+
+    huge = {**weights, "W_hq": weights["W_hq"] * 1e30}   # finite, but the logits overflow
     seeds = {
+        "big-config": {**ours, "config.json": with_config(notes="x" * (3 << 20))},
+        "big-vocab": {**ours, "vocab.json": ours["vocab.json"] + b" " * (3 << 20)},
+        "long-token": {**ours, "vocab.json": with_vocab(5, "e" * 1000)},
+        "surrogate-token": {**ours, "vocab.json": with_vocab(5, "\ud800")},
+        "huge-ppl": {**ours, "config.json": with_config(final_val_ppl=10 ** 30)},
+        "endless-int": {**ours, "config.json": with_config(num_epochs=0).replace(
+            b'"num_epochs": 0', b'"num_epochs": ' + b"9" * 4301)},
+        "training-list": {**ours, "config.json": json.dumps({**config, "training": [1]}).encode()},
+        "huge-weights": {**ours, "model.safetensors": save(huge)},
         "no-weights": {k: v for k, v in ours.items() if k != "model.safetensors"},
         "wrong-shapes": {**ours, "model.safetensors": (other_checkpoint / "model.safetensors").read_bytes()},
         "absurd": {**ours, "config.json": absurd},
-        "huge-weights": {**ours, "model.safetensors": bytes(2 << 20)},
+        "oversized-weights": {**ours, "model.safetensors": bytes(2 << 20)},
         "pickle": {**ours, "model.safetensors": _pickle_bomb(marker)},
     }
     for name, files in seeds.items():
@@ -279,7 +301,16 @@ def bad_repos(hub, tiny_checkpoint, other_checkpoint, tmp_path_factory):
     (f"{USER}/no-weights", [], "has no model.safetensors: it is not a checkpoint of this project"),
     (f"{USER}/wrong-shapes", [], "model.safetensors: W_xh has shape (28, 16), expected (28, 32)"),
     (f"{USER}/absurd", [], "config.json: num_hiddens must be an integer from 1 to 8192, got 1000000"),
-    (f"{USER}/huge-weights", [], "is 2,097,152 bytes but vocab_size 28 and num_hiddens 32 need at most"),
+    (f"{USER}/oversized-weights", [], "is 2,097,152 bytes but vocab_size 28 and num_hiddens 32 need at most"),
+    (f"{USER}/big-config", [], "config.json is 3,14"),
+    (f"{USER}/big-vocab", [], "vocab.json is 3,14"),
+    (f"{USER}/long-token", [], "vocab.json: token 5 is 'eeeeeeeeeeeeeeeeeeee'...; every token after '<unk>' must be a single"),
+    (f"{USER}/surrogate-token", [], "vocab.json: token 5 is '\\ud800'; every token after '<unk>' must be a single Unicode character (not a lone surrogate)"),
+    (f"{USER}/huge-ppl", [], "config.json: training.final_val_ppl must be a number of at most"),
+    (f"{USER}/endless-int", [], "config.json is not valid JSON (Exceeds the limit (4300 digits)"),
+    (f"{USER}/training-list", [], "config.json: training must be a JSON object"),
+    (f"{USER}/huge-weights", [], "model.safetensors: W_hq holds values beyond ±1e+06, which overflow the logits"),
+    ("", [], "no model given: name a checkpoint folder or a Hub repo id like user/name"),
     (f"{USER}/pickle", [], "model.safetensors is not a valid safetensors file"),
     ("./not-a-folder", [], "checkpoint folder ./not-a-folder does not exist"),
     ("not a repo!", [], "is neither a checkpoint folder nor a Hub repo id"),
@@ -290,8 +321,13 @@ def test_load_errors(hub, env, bad_repos, model, extra, expected):
     assert expected in msg
     assert "/snapshots/" not in msg  # the repo is named, not the cache path
     fetched = [p for m, p in hub.requests[n:] if m == "GET"]
-    if model.endswith(("absurd", "huge-weights")):  # refused before the weights were fetched
+    if model.endswith(("absurd", "oversized-weights")):  # refused before the weights were fetched
         assert fetched and not any(p.endswith("model.safetensors") for p in fetched)
+    if model.endswith(("big-config", "big-vocab")):   # its size was asked, the file never fetched
+        name = model.split("-")[-1] + ".json"
+        assert any(m == "HEAD" and p.endswith(name) for m, p in hub.requests[n:])
+        assert not any(p.endswith(name) for p in fetched)
+        assert not any(p.endswith("model.safetensors") for p in fetched)
     assert not bad_repos.exists()  # the pickle was never unpickled
 
 
