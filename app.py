@@ -425,4 +425,5 @@ if __name__ == "__main__":
     # max_threads events at once whatever their concurrency limits, so it is raised to match.
     # Uploads: closed by NoUploads; max_file_size and the cache cleanup stand behind it.
     demo.launch(css=CSS, theme=gr.themes.Soft(), max_threads=CHAT_CONCURRENCY + 16,
-                state_session_capacity=SESSIONS_KEPT, max_file_size=0, app_kwargs={"middleware": [Middleware(NoUploads)]})
+                state_session_capacity=SESSIONS_KEPT, max_file_size=0,
+                app_kwargs={"middleware": [Middleware(NoUploads)]})

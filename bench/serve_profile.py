@@ -20,8 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
 from common import ROOT, machine_info
 from serve_load import level
 from sse_client import chat_endpoint, connect_app, stop_app

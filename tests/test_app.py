@@ -496,7 +496,8 @@ def test_load_refusals_reveal_no_server_paths_or_hub_endpoint(app, hub):
     for existing, missing in pairs:
         answers = [raw_error(raw_call(app, "load_model", [ref, "", None]))
                    for ref in (existing, missing)]
-        assert answers[0] and answers[0].replace(existing, "REF") == answers[1].replace(missing, "REF"), answers
+        assert answers[0], answers
+        assert answers[0].replace(existing, "REF") == answers[1].replace(missing, "REF"), answers
     errors = [raw_error(raw_call(app, "load_model", [ref, rev, None]))
               for ref, rev in [("nobody/missing", ""), ("user/tiny-rnn", "no-such-branch")]]
     for error in errors:
