@@ -10,7 +10,7 @@ import copy
 import json
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -58,9 +58,9 @@ class TrainingState:
         meta = {"epoch": self.epoch, "args": self.args, "data_sha1": self.data_sha1,
                 "optim_scalars": scalars,
                 "python_rng": [version, list(internal), gauss],
-                "history": [asdict(h) for h in self.history]}
-        return {STATE_TENSORS: save(tensors),
-                STATE_JSON: (json.dumps(meta, indent=1) + "\n").encode()}
+                "history": [dict(vars(h)) for h in self.history]}
+        # Compact JSON: with an indent, json runs its pure-Python encoder (~20x slower here).
+        return {STATE_TENSORS: save(tensors), STATE_JSON: (json.dumps(meta) + "\n").encode()}
 
     def restore_rng(self) -> None:
         random.setstate(self.python_rng)
