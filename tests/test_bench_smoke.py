@@ -92,3 +92,11 @@ def test_inspect_score_times_score_trace_and_memorisation():
         assert re.fullmatch(NUM, row(out, label)[0]), label
     assert re.fullmatch(NUM, row(out, "  score / forward: median")[0])
     assert re.search(r"score with top-5 for 2,000 characters: (within|OVER) 0.2 s", out)
+
+
+def test_checkpoint_save_prints_both_kinds_and_the_book_runs_total(data_path):
+    out = bench("checkpoint_save.py", "--data", data_path)
+    for label in ("periodic", "complete"):
+        assert re.fullmatch(NUM, row(out, label)[0])
+    assert re.search(rf"the book run's 50 saves: {NUM} s when every save was complete, {NUM} s now",
+                     out), out
