@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             if lock is not None:
                 lock.__exit__(None, None, None)
     out = args.out or args.resume or Path("runs/rnn")
-    if args.resume is not None and not args.resume.is_dir():
+    if args.resume is not None and not args.resume.parent.is_dir():  # create nothing for a typo
         print(f"error: --resume {args.resume}: no such checkpoint folder", file=sys.stderr)
         return EXIT_REFUSED
     try:
