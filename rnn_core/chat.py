@@ -52,10 +52,11 @@ MAX_TRANSCRIPT_CHARS = 100_000
 # multiply-adds per character, and 2M cost 0.3–1 ms a character on one core, so one request
 # (a 2,000-character message and a 1,000-character reply) costs at most a few core-seconds.
 MAX_SERVED_PARAMETERS = 2_000_000
-# Generation work is measured in multiply-adds (characters x parameters). Up to INLINE_WORK
-# (1–2 ms on a slow core) runs on the event loop; more runs in worker threads, at
-# most WORKERS at once (one per core), in slices of at most SLICE_WORK (about 10 ms) taken in
-# turn, so a cheap step never waits behind a long message being read.
+# Generation work is measured in multiply-adds (characters x parameters). A reply's update
+# computes at most INLINE_WORK (1–2 ms on a slow core) on the event loop, a stream that falls
+# behind catching up over the next updates; reading a message that costs more runs in worker
+# threads, at most WORKERS at once (one per core), in slices of at most SLICE_WORK (about
+# 10 ms) taken in turn, so nothing waits behind a long message being read.
 INLINE_WORK = 8_000_000
 SLICE_WORK = 40_000_000
 WORKERS = 2
@@ -381,19 +382,17 @@ async def stream_reply(session: ChatSession, message: str, settings: Settings,
             raise
         chars = session.reply(turn, settings)
     n = min(settings.length, turn.room)
-
-    def produce(k: int) -> int:
-        return sum(1 for _ in itertools.islice(chars, k))
+    per_update = max(1, INLINE_WORK // session.num_params)   # characters one update may compute
 
     pace.start()
     try:
         start, sent = time.monotonic(), 0
         while turn.open and sent < n:
             due = min(int((time.monotonic() - start) * pace.chars_per_second) + 1, n)
-            async with session.lock:
+            async with session.lock:   # inline and bounded: a stream behind catches up over updates
                 if not turn.open:
                     break
-                sent += await session.run((due - sent) * session.num_params, produce, due - sent)
+                sent += sum(1 for _ in itertools.islice(chars, min(due - sent, per_update)))
             yield turn.reply
             if sent < n:
                 await asyncio.sleep(pace.interval())
