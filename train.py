@@ -6,14 +6,16 @@
     python train.py --resume runs/full --num-epochs 80   # continue a run exactly
     python train.py --push-to-hub user/timemachine-rnn   # train, then share on the Hub
     python train.py --push-only runs/rnn --push-to-hub user/timemachine-rnn   # share, no training
+    torchrun --standalone --nproc_per_node 2 train.py --batch-size 64   # one run on 2 processes
 
 The defaults are the book's settings; see `python train.py --help` for every flag.
 
 Exit status: 0 done; 2 refused before training (bad flags, data, --out, --resume, Hub token:
 the message says why); 3 the loss became NaN or infinite (the last good epoch is kept);
 4 the push failed (the checkpoint stays on disk); 5 the final checkpoint could not be written
-(the previous one survives); 130 / 143 stopped by Ctrl-C / SIGTERM after saving the last
-finished epoch (128 + the signal's number).
+(the previous one survives); 6 another process of a torchrun run failed (rank 0 saved the
+last finished epoch); 130 / 143 stopped by Ctrl-C / SIGTERM after saving the last finished
+epoch (128 + the signal's number).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from rnn_core.checkpoint import (CARD_NAME, PLOT_NAME, TRAINING_TEXT_NAME, Check
                                  pack_training_text, recover_interrupted_save, save_checkpoint)
 from rnn_core.data import (NORMALIZATIONS, DataError, download_time_machine, load_corpus,
                            min_corpus_length, normalize_text, read_text, sha1_of, SeqDataLoader)
+from rnn_core.distributed import DistributedError, Group, pick_device, resume_command, say, start
 from rnn_core.generation import predict_ch8
 from rnn_core.model import RNNModelScratch
 from rnn_core.resume import TrainingState, load_training_state
@@ -42,7 +45,7 @@ from rnn_core.runlock import LockedError, RunLock
 from rnn_core.training import (KERNELS, OPTIMIZERS, Interrupted, NonFiniteLossError, StopSignals,
                                make_updater, train_ch8)
 
-EXIT_REFUSED, EXIT_NONFINITE, EXIT_PUSH_FAILED, EXIT_SAVE_FAILED = 2, 3, 4, 5
+EXIT_REFUSED, EXIT_NONFINITE, EXIT_PUSH_FAILED, EXIT_SAVE_FAILED, EXIT_PEER_FAILED = 2, 3, 4, 5, 6
 HUB_FLAGS = ("push_to_hub", "private", "commit_message", "revision", "push_only")
 RUN_SETTINGS = ("num_hiddens", "batch_size", "num_steps", "lr", "num_epochs", "max_tokens",
                 "use_random_iter", "seed", "data", "normalize", "device", "val_fraction",
@@ -136,17 +139,22 @@ def check_out(out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     hub = argparse.Namespace(**{k: vars(args).pop(k) for k in HUB_FLAGS})  # not part of the run
-    if hub.push_to_hub is None and (hub.push_only or hub.private or hub.commit_message or hub.revision):
-        print("error: --push-only, --private, --commit-message and --revision need --push-to-hub "
-              "USER/NAME", file=sys.stderr)
+    group = start()  # this process's place in a torchrun run; without torchrun, the only one
+
+    def refuse(message: str) -> int:  # under torchrun every rank stops, the reason printed once
+        group.agree(message)
         return EXIT_REFUSED
+    if hub.push_to_hub is None and (hub.push_only or hub.private or hub.commit_message or hub.revision):
+        return refuse("error: --push-only, --private, --commit-message and --revision need "
+                      "--push-to-hub USER/NAME")
     if hub.push_to_hub is not None:
         from rnn_core.hub import HubError, check_push_target
         try:
             check_push_target(hub.push_to_hub)
         except HubError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_REFUSED
+            return refuse(f"error: {e}")
+    if hub.push_only is not None and group.distributed:
+        return refuse("error: --push-only does not train; run it with python, not torchrun")
     if hub.push_only is not None:
         try:  # no run may be writing the folder meanwhile
             lock = RunLock(hub.push_only).__enter__()
@@ -162,35 +170,34 @@ def main(argv: list[str] | None = None) -> int:
                 lock.__exit__(None, None, None)
     out = args.out or args.resume or Path("runs/rnn")
     if args.resume is not None and not args.resume.parent.is_dir():  # create nothing for a typo
-        print(f"error: --resume {args.resume}: no such checkpoint folder", file=sys.stderr)
-        return EXIT_REFUSED
+        return refuse(f"error: --resume {args.resume}: no such checkpoint folder")
+    lock = None
     try:
         check_out(out)
-        lock = RunLock(out).__enter__()
+        if group.is_main:  # the one writer
+            lock = RunLock(out).__enter__()
     except (DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_REFUSED
+        return refuse(f"error: {e}")
     except LockedError as e:
-        print(f"error: {e}; wait for it to finish or stop it, or choose another --out",
-              file=sys.stderr)
-        return EXIT_REFUSED
+        return refuse(f"error: {e}; wait for it to finish or stop it, or choose another --out")
     except OSError as e:
-        print(f"error: --out {out}: cannot create its lock file ({e.strerror}); choose another path",
-              file=sys.stderr)
-        return EXIT_REFUSED
+        return refuse(f"error: --out {out}: cannot create its lock file ({e.strerror}); choose "
+                      "another path")
     try:
-        for note in filter(None, [lock.note, *recover_interrupted_save(out)]):
-            print(note if note.startswith("note: ") else f"note: {note}", file=sys.stderr)
-        return train(args, out, hub)
+        if lock is not None:
+            for note in filter(None, [lock.note, *recover_interrupted_save(out)]):
+                print(note if note.startswith("note: ") else f"note: {note}", file=sys.stderr)
+        return train(args, out, hub, group)
     except (DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_REFUSED
+        return refuse(f"error: {e}")
     finally:
-        lock.__exit__(None, None, None)
+        if lock is not None:
+            lock.__exit__(None, None, None)
 
 
-def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace) -> int:
-    """Prepare the run (a new one, or --resume), train it, save it; returns the exit status."""
+def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: Group) -> int:
+    """Prepare the run (a new one, or --resume), train it, save it; returns the exit status.
+    Under torchrun, `group` is this process's place in the run: rank 0 prints and writes."""
     state, saved_vocab = None, None
     if args.resume is not None:
         args, state, saved_vocab = resume_settings(args)
@@ -202,8 +209,8 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace) -> int:
         if args.num_epochs < state.epoch:
             raise DataError(f"--resume {args.resume}: the run already has {state.epoch} epochs; "
                             f"--num-epochs {args.num_epochs} would discard some: pass more")
-        print(f"the run in {args.resume} already finished its {state.epoch} epochs; nothing to do "
-              f"(pass --num-epochs N with N > {state.epoch} to train longer)")
+        say(group, f"the run in {args.resume} already finished its {state.epoch} epochs; nothing "
+            f"to do (pass --num-epochs N with N > {state.epoch} to train longer)")
         return 0
     try:
         check_model_size(len(vocab), args.num_hiddens)
@@ -221,7 +228,12 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace) -> int:
                         f"{need}; use a longer text or smaller sizes")
     if num_val and len(val_corpus) < 2:
         raise DataError("--val-fraction leaves fewer than 2 validation characters; raise it")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.batch_size % group.world_size:
+        raise DataError(f"--batch-size {args.batch_size} is the global minibatch and must divide "
+                        f"by the {group.world_size} processes; pass a multiple of {group.world_size}")
+    device = pick_device(group, args.device)
+    if not group.agree(None):  # another rank refused (rank 0 said why)
+        return EXIT_REFUSED
 
     random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -239,22 +251,28 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace) -> int:
         state.restore_rng()
         history = state.history
         state.args, state.data_sha1 = run_args, data_sha1
-        print(f"resuming {args.resume} after epoch {state.epoch}")
+        say(group, f"resuming {args.resume} after epoch {state.epoch}")
+    group.broadcast_parameters(net.params)
 
     meta = {"data_name": path.name, "data_sha1": data_sha1, "device": str(device),
             "num_train_tokens": len(train_corpus), "num_val_tokens": num_val,
+            "processes": group.world_size,
             "command": reproducing_command(run_args, path.name)}
     # The text the model trains on, carried in the checkpoint for the memorisation check.
     training_text, text_entry = pack_training_text(
         normalize_text(text, args.normalize)[:len(train_corpus)])
     last = state or TrainingState.capture(0, run_args, net, updater, history, data_sha1)
     saved_epoch = state.epoch if state else 0
-    bar = tqdm(total=args.num_epochs, initial=len(history), unit="epoch", dynamic_ncols=True)
+    bar = tqdm(total=args.num_epochs, initial=len(history), unit="epoch", dynamic_ncols=True,
+               disable=not group.is_main)
+    log = tqdm.write if group.is_main else (lambda line: None)
 
     def save(snap: TrainingState, complete: bool) -> None:
         """Write the checkpoint: what resume needs (cheap, every --save-every epochs), plus the
-        model card and plot when `complete` (at the end, on Ctrl-C/SIGTERM)."""
+        model card and plot when `complete` (at the end, on Ctrl-C/SIGTERM). Rank 0 only."""
         nonlocal saved_epoch
+        if not group.is_main:
+            return
         files = {**snap.files(), TRAINING_TEXT_NAME: training_text}
         if complete:
             files.update(card_and_plot(snap, vocab, args, meta))
@@ -279,8 +297,9 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace) -> int:
                      f"{saved_state(saved_epoch, args.out)}; training goes on and the next save "
                      "tries again")
 
-    resume_hint = f"continue with: python train.py --resume {shlex.quote(str(args.out))}"
+    resume_hint = f"continue with: {resume_command(group, args.out)}"
     status = 0
+    group.hold_signals()
     try:
         with StopSignals() as stop:
             train_ch8(net, SeqDataLoader(train_corpus, args.batch_size, args.num_steps,
@@ -288,22 +307,33 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace) -> int:
                       vocab, args.lr, args.num_epochs, device, args.use_random_iter,
                       updater=updater, start_epoch=len(history), val_corpus=val_corpus,
                       batch_size=args.batch_size, num_steps=args.num_steps,
-                      on_epoch=on_epoch, log=tqdm.write, kernel=args.kernel)
+                      on_epoch=on_epoch, log=log, kernel=args.kernel, group=group)
     except Interrupted as e:
         bar.close()
         how = "interrupted" if e.signum == signal.SIGINT else f"stopped by {e}"
         if last.epoch == 0:
-            print(f"\n{how} before the first epoch ended; nothing to save", file=sys.stderr)
+            say(group, f"\n{how} before the first epoch ended; nothing to save", sys.stderr)
             return e.exit_status
         status = e.exit_status
         done = (f"\n{how}: saved the run after epoch {last.epoch} to {args.out}; {resume_hint}")
     except NonFiniteLossError as e:
         bar.close()
         if last.epoch == 0:
-            print(f"error: {e}. No epoch finished with finite loss; nothing was saved.", file=sys.stderr)
+            say(group, f"error: {e}. No epoch finished with finite loss; nothing was saved.",
+                sys.stderr)
             return EXIT_NONFINITE
         status = EXIT_NONFINITE
         done = f"error: {e}. The last good weights (epoch {last.epoch}) are kept in {args.out}."
+    except DistributedError as e:  # every rank says it: rank 0 may be the one that died
+        bar.close()
+        status = EXIT_PEER_FAILED
+        kept = (f"saved the run after epoch {last.epoch} to {args.out}" if group.is_main else
+                f"{args.out} keeps the last checkpoint rank 0 wrote")
+        done = f"error: rank {group.rank}: {e}; " + (f"{kept}; {resume_hint}" if last.epoch else
+                                                     "no epoch had finished; nothing was saved")
+        if not last.epoch:
+            print(done, file=sys.stderr)
+            return status
     else:
         bar.close()
         done = f"saved checkpoint to {args.out}"
@@ -318,8 +348,9 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace) -> int:
                 return EXIT_SAVE_FAILED
     except Interrupted as e:  # raised once the save is complete
         status = status or e.exit_status
-    print(done, file=sys.stderr if status else sys.stdout)
-    if status:
+    if group.is_main or status == EXIT_PEER_FAILED:
+        print(done, file=sys.stderr if status else sys.stdout)
+    if status or not group.is_main:
         return status
     return push(args.out, hub) if hub.push_to_hub else 0
 

@@ -46,7 +46,7 @@ def download_time_machine() -> Path:
     if path.exists() and sha1_of(path) == TIME_MACHINE_SHA1:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".part")
+    partial = path.with_suffix(f".{os.getpid()}.part")  # processes of one run may race here
     try:
         urllib.request.urlretrieve(TIME_MACHINE_URL, partial)
     except OSError as e:

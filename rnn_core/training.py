@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .data import Vocab
+from .distributed import SINGLE, Group
 from .fast import FastRNN
 from .generation import predict_ch8
 from .model import RNNModelScratch
@@ -103,16 +104,20 @@ def make_updater(net: RNNModelScratch, optimizer: str, lr: float):
 
 def train_epoch_ch8(net: RNNModelScratch, train_iter: Iterable, loss: nn.Module, updater,
                     device: torch.device | str, use_random_iter: bool,
-                    forward: Callable | None = None) -> tuple[float, float]:
+                    forward: Callable | None = None,
+                    group: Group = SINGLE) -> tuple[float, float]:
     """One epoch, exactly the book's loop; returns (perplexity, tokens/sec).
 
     `forward` replaces `net(X, state)` (same inputs, outputs and gradients), e.g. a
-    `fast.FastRNN`; by default the book's own forward runs.
+    `fast.FastRNN`; by default the book's own forward runs. Under torchrun (`group`) this
+    rank trains on its rows of each minibatch, gradients are averaged over the ranks before
+    clipping, and perplexity and tokens/sec are the whole run's.
     """
     forward = net if forward is None else forward
     state, start = None, time.perf_counter()
     loss_sum, num_tokens = 0.0, 0
     for X, Y in train_iter:
+        X, Y = group.shard(X), group.shard(Y)
         if state is None or use_random_iter:
             # First minibatch, or random sampling: the state starts from zeros.
             state = net.begin_state(batch_size=X.shape[0], device=device)
@@ -127,34 +132,42 @@ def train_epoch_ch8(net: RNNModelScratch, train_iter: Iterable, loss: nn.Module,
         if isinstance(updater, torch.optim.Optimizer):
             updater.zero_grad()
             l.backward()
+            group.average_gradients(net.params)
             grad_clipping(net, 1)
             updater.step()
         else:
             l.backward()
+            group.average_gradients(net.params)
             grad_clipping(net, 1)
             updater(batch_size=1)
         loss_sum += float(l.detach()) * y.numel()
         num_tokens += y.numel()
-    return math.exp(loss_sum / num_tokens), num_tokens / (time.perf_counter() - start)
+    elapsed = group.max(time.perf_counter() - start)
+    loss_sum, num_tokens = group.sum(loss_sum, num_tokens)
+    return math.exp(loss_sum / num_tokens), num_tokens / elapsed
 
 
 @torch.no_grad()
 def evaluate_perplexity(net: RNNModelScratch, corpus: Sequence[int], batch_size: int,
-                        num_steps: int, device: torch.device | str) -> float:
+                        num_steps: int, device: torch.device | str,
+                        group: Group = SINGLE) -> float:
     """Perplexity on held-out text: contiguous rows read in windows, state carried.
 
     Deterministic (offset 0, no random draws), so validating never changes the training run.
+    Under torchrun each rank reads its share of the rows and the loss sums are added up.
     """
     rows = max(1, min(batch_size, (len(corpus) - 1) // num_steps))
     n = (len(corpus) - 1) // rows * rows
-    Xs = torch.tensor(corpus[:n], device=device).reshape(rows, -1)
-    Ys = torch.tensor(corpus[1:n + 1], device=device).reshape(rows, -1)
-    state, loss_sum = net.begin_state(rows, device), 0.0
-    for i in range(0, Xs.shape[1], num_steps):
+    mine = group.rows(rows)
+    Xs = torch.tensor(corpus[:n], device=device).reshape(rows, -1)[mine.start:mine.stop]
+    Ys = torch.tensor(corpus[1:n + 1], device=device).reshape(rows, -1)[mine.start:mine.stop]
+    state, loss_sum = net.begin_state(len(mine), device), 0.0
+    for i in range(0, Xs.shape[1] if len(mine) else 0, num_steps):
         y_hat, state = net(Xs[:, i:i + num_steps], state)
         y = Ys[:, i:i + num_steps].T.reshape(-1)
         loss_sum += float(nn.functional.cross_entropy(y_hat, y, reduction="sum"))
-    return math.exp(loss_sum / Ys.numel())
+    loss_sum, = group.sum(loss_sum)
+    return math.exp(loss_sum / n)  # n: every rank's labels together
 
 
 @dataclass
@@ -171,11 +184,13 @@ def train_ch8(net: RNNModelScratch, train_iter: Iterable, vocab: Vocab, lr: floa
               updater=None, start_epoch: int = 0, val_corpus: Sequence[int] | None = None,
               batch_size: int = 32, num_steps: int = 35,
               on_epoch: Callable[[EpochResult], None] | None = None,
-              log: Callable[[str], None] = print, kernel: str = "book") -> list[EpochResult]:
+              log: Callable[[str], None] = print, kernel: str = "book",
+              group: Group = SINGLE) -> list[EpochResult]:
     """The book's `train_ch8`, plus optional validation, resume (`start_epoch`, `updater`),
     a per-epoch callback and a choice of training kernel: `book` runs the book's forward and
     autograd, `fast` the same math through `fast.FastRNN` (the same gradients up to float
     rounding, about twice the tokens/sec on CPU). Prints what the book prints through `log`.
+Under torchrun, `group` (see `distributed`) is this process's place in the run.
 
     Raises NonFiniteLossError when an epoch's loss is NaN or infinite.
     """
@@ -191,11 +206,11 @@ def train_ch8(net: RNNModelScratch, train_iter: Iterable, vocab: Vocab, lr: floa
     history = []
     for epoch in range(start_epoch, num_epochs):
         ppl, speed = train_epoch_ch8(net, train_iter, loss, updater, device, use_random_iter,
-                                     forward)
+                                     forward, group)
         if not math.isfinite(ppl):
             raise NonFiniteLossError(f"the loss became NaN or infinite in epoch {epoch + 1}; "
                                      "try a smaller --lr")
-        val_ppl = (evaluate_perplexity(net, val_corpus, batch_size, num_steps, device)
+        val_ppl = (evaluate_perplexity(net, val_corpus, batch_size, num_steps, device, group)
                    if val_corpus else None)
         result = EpochResult(epoch + 1, ppl, speed, val_ppl)
         history.append(result)

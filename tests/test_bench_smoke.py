@@ -100,3 +100,11 @@ def test_checkpoint_save_prints_both_kinds_and_the_book_runs_total(data_path):
         assert re.fullmatch(NUM, row(out, label)[0])
     assert re.search(rf"the book run's 50 saves: {NUM} s when every save was complete, {NUM} s now",
                      out), out
+
+
+def test_distributed_bench_compares_one_and_two_processes(data_path):
+    out = bench("distributed.py", "--data", data_path, timeout=600)
+    for n in ("1", "2"):
+        fields = row(out, n + " ")
+        assert re.fullmatch(NUM, fields[1]) and re.fullmatch(NUM, fields[4]), fields  # tok/s, x one
+    assert row(out, "1 ")[4] == "1.00"

@@ -1,0 +1,153 @@
+"""train.py under torchrun (2 processes, gloo on CPU) against the single-process run: the same
+weights (up to float summation order), the same printed perplexities and samples, one
+checkpoint writer, resume across single and distributed runs, a killed rank."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT
+
+SMALL = ["--num-hiddens", "16", "--max-tokens", "4000", "--batch-size", "8", "--num-steps", "10",
+         "--val-fraction", "0.2", "--device", "cpu"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def torchrun_cmd(nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--standalone", "train.py"]
+
+
+def run(cmd: list, timeout: int = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*map(str, cmd)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+    assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-3000:]
+    return proc
+
+
+def printed(proc: subprocess.CompletedProcess) -> list[str]:
+    """What the run printed to stdout but the speed: perplexity line, samples, saved line."""
+    return [re.sub(r", [\d.]+ tokens/sec", "", line) for line in proc.stdout.splitlines()]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("flags", [
+    ["--kernel", "fast"],                                                  # sequential, SGD
+    ["--kernel", "book", "--use-random-iter", "--optimizer", "adam", "--lr", "0.01"],
+], ids=["sequential-fast-sgd", "random-book-adam"])
+def test_two_processes_train_the_single_process_model(tmp_path, data_path, flags):
+    common = ["--data", data_path, *SMALL, *flags]
+    single = run([sys.executable, "train.py", *common, "--num-epochs", "4",
+                  "--out", tmp_path / "single"])
+    two = run([*torchrun_cmd(), *common, "--num-epochs", "4", "--out", tmp_path / "two"])
+    assert_same_weights(tmp_path / "single", tmp_path / "two")
+    lines = printed(two)
+    assert lines[0].startswith("perplexity ") and lines == [
+        line.replace("single", "two") for line in printed(single)]
+    assert lines.count(f"saved checkpoint to {tmp_path / 'two'}") == 1  # rank 0 alone reports
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["single", "two"]  # no stray writes
+    cfg_one = json.loads((tmp_path / "single" / "config.json").read_text())["training"]
+    cfg_two = json.loads((tmp_path / "two" / "config.json").read_text())["training"]
+    assert (cfg_one["processes"], cfg_two["processes"]) == (1, 2)
+    for key in ("final_ppl", "final_val_ppl"):  # the tqdm/plot figures, to printed precision
+        assert f"{cfg_one[key]:.2f}" == f"{cfg_two[key]:.2f}"
+    from rnn_core.checkpoint import load_checkpoint
+    assert load_checkpoint(tmp_path / "two").net.W_hh.shape == (16, 16)
+
+    # A single-process checkpoint continued by two processes is the same run.
+    run([sys.executable, "train.py", *common, "--num-epochs", "2", "--out", tmp_path / "half"])
+    resumed = run([*torchrun_cmd(), "--resume", tmp_path / "half", "--num-epochs", "4"])
+    assert f"resuming {tmp_path / 'half'} after epoch 2" in resumed.stdout
+    assert_same_weights(tmp_path / "single", tmp_path / "half")
+
+
+def test_batch_size_must_divide_by_the_processes(tmp_path, data_path):
+    proc = subprocess.run([*torchrun_cmd(), "--data", str(data_path), *SMALL, "--batch-size", "5",
+                           "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=ENV)
+    assert proc.returncode != 0
+    message = ("error: --batch-size 5 is the global minibatch and must divide by the 2 "
+               "processes; pass a multiple of 2")
+    assert proc.stderr.count(message) == 1  # agreed by both ranks, printed once
+    assert not (tmp_path / "run").exists()
+
+
+def workers(launcher_pid: int) -> dict[int, int]:
+    """rank -> pid of torchrun's worker processes (its children, RANK in their environment)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == launcher_pid:
+            for var in env:
+                if var.startswith(b"RANK="):
+                    found[int(var[5:])] = int(entry.name)
+    return found
+
+
+def saved_epoch(out: Path) -> int:
+    try:
+        return json.loads((out / "training_state.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_a_killed_rank_stops_the_run_and_resume_continues(tmp_path, data_path):
+    out = tmp_path / "run"
+    cmd = [*torchrun_cmd(), "--data", str(data_path), *SMALL, "--num-epochs", "500",
+           "--save-every", "1", "--out", str(out)]
+    launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=ENV)
+    try:
+        deadline = time.monotonic() + 120
+        while saved_epoch(out) < 2:
+            assert launcher.poll() is None and time.monotonic() < deadline, "no epoch saved"
+            time.sleep(0.1)
+        ranks = workers(launcher.pid)
+        assert sorted(ranks) == [0, 1]
+        os.kill(ranks[1], signal.SIGKILL)
+        killed_at = time.monotonic()
+        stdout, stderr = launcher.communicate(timeout=60)  # no hang
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.communicate()
+    assert time.monotonic() - killed_at < 45
+    assert launcher.returncode != 0
+    epoch = saved_epoch(out)
+    assert 2 <= epoch < 500
+    # Rank 0 sees the dead peer's closed connection, or torchrun's SIGTERM, whichever first.
+    message = re.search(r"(error: rank 0: another process of this run stopped or timed out \(.*\); "
+                        r"|\nstopped by SIGTERM: )"
+                        rf"saved the run after epoch {epoch} to {re.escape(str(out))}; continue "
+                        rf"with: torchrun --nproc_per_node 2 train.py --resume {re.escape(str(out))}",
+                        stderr)
+    assert message, stderr[-3000:]
+    from rnn_core.checkpoint import load_checkpoint
+    load_checkpoint(out)
+
+    # The distributed run's checkpoint continues in one process, from the epoch it kept.
+    resumed = run([sys.executable, "train.py", "--resume", out, "--num-epochs", epoch + 2])
+    assert f"resuming {out} after epoch {epoch}" in resumed.stdout
+    assert saved_epoch(out) == epoch + 2
