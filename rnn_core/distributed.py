@@ -22,8 +22,8 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -32,7 +32,7 @@ from .data import DataError
 
 # How long a rank waits in a collective for the others before giving up. A rank that dies
 # closes its connections and the others fail at once; this bounds a rank that hangs.
-TIMEOUT = datetime.timedelta(seconds=float(os.environ.get("RNN_DIST_TIMEOUT", 600)))
+TIMEOUT = datetime.timedelta(seconds=float(os.environ.get("RNN_DIST_TIMEOUT", "600")))
 
 
 class DistributedError(RuntimeError):
@@ -72,12 +72,12 @@ class Group:
         start = self.rank * base + min(self.rank, extra)
         return range(start, start + base + (self.rank < extra))
 
-    def average_gradients(self, params: Sequence[torch.Tensor]) -> None:
+    def average_gradients(self, net: torch.nn.Module) -> None:
         """Replace every rank's gradients by their mean over the ranks: the gradient of the
         global minibatch's mean loss (each rank's loss is the mean over equally many tokens)."""
         if not self.distributed:
             return
-        grads = [p.grad for p in params]
+        grads = [p.grad for p in net.parameters() if p.requires_grad]
         flat = torch.cat([g.reshape(-1) for g in grads])
         self._all_reduce(flat, dist.ReduceOp.SUM)
         flat /= self.world_size

@@ -132,12 +132,12 @@ def train_epoch_ch8(net: RNNModelScratch, train_iter: Iterable, loss: nn.Module,
         if isinstance(updater, torch.optim.Optimizer):
             updater.zero_grad()
             l.backward()
-            group.average_gradients(net.params)
+            group.average_gradients(net)
             grad_clipping(net, 1)
             updater.step()
         else:
             l.backward()
-            group.average_gradients(net.params)
+            group.average_gradients(net)
             grad_clipping(net, 1)
             updater(batch_size=1)
         loss_sum += float(l.detach()) * y.numel()
