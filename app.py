@@ -13,7 +13,6 @@ import ctypes
 import gc
 import html
 import logging
-import math
 import os
 import re
 from contextlib import aclosing
@@ -116,12 +115,10 @@ def model_source(ckpt: Checkpoint) -> str:
 
 def model_card(ckpt: Checkpoint) -> str:
     """The loaded model in a few lines of Markdown."""
-    training = ckpt.config.get("training") if isinstance(ckpt.config.get("training"), dict) else {}
-    ppl = training.get("final_val_ppl")
-    ppl = f"{ppl:.2f}" if isinstance(ppl, float) and math.isfinite(ppl) or \
-        type(ppl) is int and abs(ppl) < 1e15 else "not measured"
+    ppl = ckpt.config.record().get("final_val_ppl")
+    ppl = f"{ppl:.2f}" if ppl is not None else "not measured"
     return (f"**Model:** {model_source(ckpt)}  \n"
-            f"{ckpt.config['num_hiddens']} hidden units · {num_params(ckpt):,} parameters · "
+            f"{ckpt.config.num_hiddens} hidden units · {num_params(ckpt):,} parameters · "
             f"validation perplexity {ppl}  \n"
             f"**Vocabulary** ({len(ckpt.vocab)} tokens, `{ckpt.normalization}` normalisation): "
             f"{md_escape(describe_vocab(ckpt.vocab))}")

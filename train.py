@@ -35,6 +35,7 @@ from tqdm import tqdm
 from rnn_core.checkpoint import (CARD_NAME, PLOT_NAME, TRAINING_TEXT_NAME, CheckpointError,
                                  check_model_size, check_out_folder, load_checkpoint,
                                  pack_training_text, recover_interrupted_save, save_checkpoint)
+from rnn_core.config import CheckpointConfig
 from rnn_core.data import (NORMALIZATIONS, DataError, download_time_machine, load_corpus,
                            min_corpus_length, normalize_text, read_text, sha1_of, SeqDataLoader)
 from rnn_core.distributed import DistributedError, Group, pick_device, resume_command, say, start
@@ -390,8 +391,8 @@ def resume_settings(args: argparse.Namespace):
     if unknown:
         refuse(f"unknown settings {sorted(unknown)}")
     saved = parser.parse_args(settings_argv(settings))
-    if saved.num_hiddens != ckpt.config["num_hiddens"]:
-        refuse(f"num_hiddens {saved.num_hiddens}, but the weights have {ckpt.config['num_hiddens']}")
+    if saved.num_hiddens != ckpt.config.num_hiddens:
+        refuse(f"num_hiddens {saved.num_hiddens}, but the weights have {ckpt.config.num_hiddens}")
     defaults = build_parser().parse_args([])
     changed = [k for k, v in vars(args).items() if k not in RESUMABLE and k in vars(saved)
                and v != getattr(defaults, k) and v != getattr(saved, k)]
@@ -404,10 +405,9 @@ def resume_settings(args: argparse.Namespace):
     for key in RESUMABLE:
         if getattr(args, key) is not None:
             setattr(saved, key, getattr(args, key))
-    recorded = ckpt.config.get("training")  # runs saved before the sha1 was in the state
-    if state.data_sha1 is None and isinstance(recorded, dict) and isinstance(
-            recorded.get("data_sha1"), str):
-        state.data_sha1 = recorded["data_sha1"]
+    recorded = ckpt.config.training.get("data_sha1")  # when the resume state has none
+    if state.data_sha1 is None and isinstance(recorded, str):
+        state.data_sha1 = recorded
     return saved, state, ckpt.vocab
 
 
@@ -467,8 +467,9 @@ def card_and_plot(snap: TrainingState, vocab, args, meta) -> dict[str, bytes]:
     # How the card tells users to load it: the folder as given, unless that is absolute
     # (a local path has no place in a card that may be shared).
     ref = str(args.out) if not args.out.is_absolute() else args.out.name
-    card = make_model_card({"vocab_size": len(vocab), "num_hiddens": args.num_hiddens,
-                            **checkpoint_config(args, snap, meta)}, sample, ref)
+    config = CheckpointConfig(vocab_size=len(vocab), num_hiddens=args.num_hiddens,
+                              **checkpoint_config(args, snap, meta))
+    card = make_model_card(config, sample, ref)
     return {CARD_NAME: str(card).encode(), PLOT_NAME: plot_perplexity(snap.history)}
 
 

@@ -1,13 +1,14 @@
 """The model card (README.md of a checkpoint): YAML metadata the Hub indexes, plus prose."""
 from __future__ import annotations
 
-import math
 import os
 import re
 import subprocess
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .config import CheckpointConfig
 
 BOOK_URL = "https://d2l.ai/chapter_recurrent-neural-networks/rnn-scratch.html"
 
@@ -87,34 +88,10 @@ def code_url() -> str | None:
     return url if url.startswith("https://") else None
 
 
-NUMBERS = ("num_epochs", "lr", "batch_size", "num_steps", "num_train_tokens", "final_ppl",
-           "final_val_ppl", "best_val_ppl", "tokens_per_sec")
-TEXTS = ("data_name", "data_sha1", "device", "optimizer", "command")
-
-
-def training_metadata(config: dict) -> dict:
-    """The `training` entries the card shows, each checked: numbers finite and sane, texts one
-    short line; anything else (a list, "n/a", a 400-digit integer) is shown as unknown."""
-    t = config.get("training")
-    t = t if isinstance(t, dict) else {}
-    clean = {}
-    for key in NUMBERS:
-        x = t.get(key)
-        if isinstance(x, bool) or not isinstance(x, (int, float)):
-            continue
-        if (isinstance(x, int) and abs(x) < 10 ** 15) or (isinstance(x, float) and math.isfinite(x)):
-            clean[key] = x
-    for key in TEXTS:
-        x = t.get(key)
-        if isinstance(x, str) and x.strip():
-            clean[key] = " ".join(x.replace("`", "'").split())[:300]
-    clean["use_random_iter"] = t.get("use_random_iter") is True
-    return clean
-
-
-def make_model_card(config: dict, sample: str, model_ref: str = "path/to/checkpoint") -> ModelCard:
+def make_model_card(config: CheckpointConfig, sample: str, model_ref: str = "path/to/checkpoint"
+                    ) -> ModelCard:
     """Build the card from a checkpoint's config; `model_ref` is how users will load it."""
-    t = training_metadata(config)
+    t = config.record()
     metric = t.get("best_val_ppl") or t.get("final_ppl")
     split = "validation" if t.get("best_val_ppl") else "train"
     data_name = t.get("data_name", "unknown text")
@@ -124,7 +101,7 @@ def make_model_card(config: dict, sample: str, model_ref: str = "path/to/checkpo
         # card's own example shows the code that does.
         library_name="pytorch",
         license="mit",
-        language=["en"] if config.get("normalization") == "book" else None,
+        language=["en"] if config.normalization == "book" else None,
         pipeline_tag="text-generation",
         tags=["char-rnn", "d2l", "rnn", "text-generation", "from-scratch", "safetensors"],
         # No `datasets:` list: the training text is a local file, not a Hub dataset, and the
@@ -135,12 +112,11 @@ def make_model_card(config: dict, sample: str, model_ref: str = "path/to/checkpo
                                  metric_type="perplexity", metric_name=f"{split} perplexity",
                                  metric_value=round(float(metric), 4))] if metric else None,
     )
-    V, H = config["vocab_size"], config["num_hiddens"]
     return ModelCard.from_template(
         card_data, template_str=TEMPLATE, model_name=model_ref,
         optimizer={"adam": "Adam"}.get(t.get("optimizer"), "the book's SGD"),
-        num_hiddens=H, vocab_size=V,
-        normalization=config.get("normalization"), num_params=f"{V * H * 2 + H * H + H + V:,}",
+        num_hiddens=config.num_hiddens, vocab_size=config.vocab_size,
+        normalization=config.normalization, num_params=f"{config.num_params:,}",
         data_name=data_name, num_tokens=_fmt(t.get("num_train_tokens")),
         data_sha1=t.get("data_sha1", "?"), num_epochs=_fmt(t.get("num_epochs")),
         lr=_fmt(t.get("lr")), batch_size=_fmt(t.get("batch_size")),

@@ -3,7 +3,7 @@
 A checkpoint is a folder:
     model.safetensors   float32 W_xh (V,H), W_hh (H,H), b_h (H), W_hq (H,V), b_q (V)
     vocab.json          idx_to_token, `<unk>` at index 0
-    config.json         vocab_size, num_hiddens, normalization, training metadata
+    config.json         sizes, normalisation and the training record (schema: config.py)
     README.md           the model card
     training_text.xz    optional: the normalised text the model trained on, xz-compressed
                         (what `inspector` checks replies against for memorisation)
@@ -30,7 +30,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from .data import NORMALIZATIONS, Vocab
+from .config import (FORMAT, MAX_PARAMETERS, CheckpointConfig, CheckpointError,  # noqa: F401
+                     check_model_size)   # MAX_PARAMETERS, check_model_size: re-exported
+from .data import Vocab
 from .model import PARAM_NAMES, RNNModelScratch, param_shapes
 from .runlock import is_locked
 
@@ -42,23 +44,10 @@ PLOT_NAME, STATE_JSON, STATE_TENSORS = (
     "perplexity.png", "training_state.json", "training_state.safetensors")
 CHECKPOINT_FILES = (*MODEL_FILES, CARD_NAME, PLOT_NAME, TRAINING_TEXT_NAME, STATE_JSON,
                     STATE_TENSORS)  # what a checkpoint folder may hold, and nothing else
-FORMAT = "d2l-char-rnn-scratch"
-
-# Sanity limits, checked before allocating: a hostile or mistaken config must not take the
-# machine's memory. 8192 hidden units and a 65,536-token vocabulary are far beyond §8.5.
-MAX_NUM_HIDDENS = 8192
-MAX_VOCAB_SIZE = 65536
-MAX_PARAMETERS = 100_000_000
 MAX_JSON_BYTES = 2 << 20       # a 65,536-token vocabulary takes under 1 MB
 MAX_TRAINING_TEXT_BYTES = 64 << 20      # compressed, and again once decompressed (UTF-8)
 MAX_ABS_WEIGHT = 1e6           # keeps every logit finite (|logit| <= H * 1e6 + 1e6)
-MAX_METADATA_NUMBER = 1e15     # training metadata: counts, rates, perplexities
-MAX_METADATA_TEXT = 10_000     # characters of one metadata string (e.g. the command)
 UNK = "<unk>"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be loaded; the message names the file and the problem."""
 
 
 @dataclass
@@ -67,20 +56,21 @@ class Checkpoint:
     it came from (`source`: a folder or a Hub repo id; `commit`: the Hub commit sha, if any)."""
     net: RNNModelScratch
     vocab: Vocab
-    config: dict
+    config: CheckpointConfig
     source: str = ""
     commit: str | None = None
     folder: Path | None = None   # where its files are (a Hub model: its cached snapshot)
 
     @property
     def normalization(self) -> str:
-        return self.config["normalization"]
+        return self.config.normalization
 
 
 def save_checkpoint(out_dir: str | os.PathLike, weights: dict[str, torch.Tensor], vocab: Vocab,
                     config: dict, files: dict[str, bytes] | None = None,
                     log: Callable[[str], None] | None = None) -> Path:
     """Write a checkpoint folder atomically: the five `weights`, the vocabulary, the config
+    (`config`: CheckpointConfig's fields other than the sizes, which come from the weights)
     and any extra `files` (name → bytes: the card, a plot, resume state).
 
     Only an absent or empty folder, or a checkpoint of this project, is ever replaced
@@ -104,8 +94,8 @@ def save_checkpoint(out_dir: str | os.PathLike, weights: dict[str, torch.Tensor]
                    for name in PARAM_NAMES}
         _save_weights(tensors, tmp / WEIGHTS_NAME)
         _write_json(tmp / VOCAB_NAME, vocab.idx_to_token)
-        _write_json(tmp / CONFIG_NAME, {"format": FORMAT, "vocab_size": len(vocab),
-                                        "num_hiddens": tensors["W_hh"].shape[0], **config})
+        _write_json(tmp / CONFIG_NAME, CheckpointConfig(
+            vocab_size=len(vocab), num_hiddens=tensors["W_hh"].shape[0], **config).to_json())
         for name, data in (files or {}).items():
             (tmp / name).write_bytes(data)
         for f in [*tmp.iterdir(), tmp]:
@@ -150,7 +140,7 @@ def check_out_folder(out: str | os.PathLike) -> None:
                               "them: choose a new folder")
     try:
         config = _read_json(out / CONFIG_NAME)
-        if not (isinstance(config, dict) and config.get("format") == FORMAT):
+        if not (isinstance(config, dict) and config.get("format") == FORMAT):  # who wrote it
             raise CheckpointError(f"its {CONFIG_NAME} does not say format {FORMAT!r}")
     except CheckpointError as e:
         raise CheckpointError(f"--out {out} is not a checkpoint of this project ({e}); saving "
@@ -251,73 +241,15 @@ def _read_json(path: Path):
         raise CheckpointError(f"{path} is not valid JSON ({str(e)[:120]})") from None
 
 
-def check_model_size(vocab_size, num_hiddens) -> None:
-    """The sizes a checkpoint may have: the loader refuses others, and train.py checks them
-    before training so it never writes a checkpoint its own loader refuses."""
-    V, H = vocab_size, num_hiddens
-    for key, value, limit in (("vocab_size", V, MAX_VOCAB_SIZE), ("num_hiddens", H, MAX_NUM_HIDDENS)):
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
-            raise CheckpointError(f"{key} must be an integer from 1 to {limit}, got {value!r}")
-    if V * H * 2 + H * H > MAX_PARAMETERS:
-        raise CheckpointError(f"vocab_size {V} and num_hiddens {H} make more than "
-                              f"{MAX_PARAMETERS:,} parameters; refusing to allocate")
-
-
-def num_parameters(vocab_size: int, num_hiddens: int) -> int:
-    """Parameters of the §8.5 model: also the multiply-adds of one generated character."""
-    V, H = vocab_size, num_hiddens
-    return V * H * 2 + H * H + H + V
-
-
-def _check_metadata(path: Path, key: str, value, depth: int = 0) -> None:
-    """Training metadata is shown and formatted, never trusted: plain JSON of sane sizes."""
-    if depth > 4:
-        raise CheckpointError(f"{path}: {key} is nested too deeply")
-    if isinstance(value, bool) or value is None:
-        return
-    if isinstance(value, (int, float)):  # a float may be inf or NaN (a diverged run)
-        if isinstance(value, int) and abs(value) > MAX_METADATA_NUMBER:
-            raise CheckpointError(f"{path}: {key} must be a number of at most "
-                                  f"{MAX_METADATA_NUMBER:.0e} in size, got {str(value)[:40]}...")
-    elif isinstance(value, str):
-        if len(value) > MAX_METADATA_TEXT:
-            raise CheckpointError(f"{path}: {key} is longer than {MAX_METADATA_TEXT:,} characters")
-    elif isinstance(value, list):
-        if len(value) > MAX_METADATA_TEXT:
-            raise CheckpointError(f"{path}: {key} has more than {MAX_METADATA_TEXT:,} entries")
-        for i, v in enumerate(value):
-            _check_metadata(path, f"{key}[{i}]", v, depth + 1)
-    elif isinstance(value, dict):
-        if len(value) > 1000:
-            raise CheckpointError(f"{path}: {key} has more than 1,000 entries")
-        for k, v in value.items():
-            _check_metadata(path, f"{key}.{k}", v, depth + 1)
-
-
-def read_config(folder: str | os.PathLike, max_parameters: int = MAX_PARAMETERS) -> dict:
-    """Read and check `config.json`: sizes within the sanity limits (and `max_parameters`), a
-    known normalisation, and `training` metadata of sane types and sizes."""
+def read_config(folder: str | os.PathLike, max_parameters: int = MAX_PARAMETERS) -> CheckpointConfig:
+    """Read and check `config.json` (CheckpointConfig.from_json: format version, sizes within
+    the sanity limits and `max_parameters`, a known normalisation, sane training metadata)."""
     path = Path(folder) / CONFIG_NAME
-    config = _read_json(path)
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
+    obj = _read_json(path)
     try:
-        check_model_size(config.get("vocab_size"), config.get("num_hiddens"))
+        return CheckpointConfig.from_json(obj, max_parameters)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    V, H = config["vocab_size"], config["num_hiddens"]
-    if num_parameters(V, H) > max_parameters:
-        raise CheckpointError(f"{path}: vocab_size {V} and num_hiddens {H} make "
-                              f"{num_parameters(V, H):,} parameters, more than the "
-                              f"{max_parameters:,} allowed here; refusing to allocate")
-    if config.get("normalization") not in NORMALIZATIONS:
-        raise CheckpointError(f"{path}: normalization must be one of {NORMALIZATIONS}, "
-                              f"got {str(config.get('normalization'))[:40]!r}")
-    if not isinstance(config.get("training", {}), dict):
-        raise CheckpointError(f"{path}: training must be a JSON object")
-    for key, value in config.items():
-        _check_metadata(path, key, value)
-    return config
 
 
 def read_vocab(folder: str | os.PathLike, vocab_size: int) -> Vocab:
@@ -382,7 +314,7 @@ def load_checkpoint(folder: str | os.PathLike, device: torch.device | str = "cpu
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
     config = read_config(folder, max_parameters)
-    V, H = config["vocab_size"], config["num_hiddens"]
+    V, H = config.vocab_size, config.num_hiddens
     vocab = read_vocab(folder, V)
     tensors = read_weights(folder, V, H)
     for name, t in tensors.items():
@@ -412,10 +344,10 @@ def pack_training_text(text: str) -> tuple[bytes, dict]:
     return lzma.compress(data, preset=6), entry
 
 
-def read_training_text(folder: str | os.PathLike, config: dict) -> str | None:
+def read_training_text(folder: str | os.PathLike, config: CheckpointConfig | dict) -> str | None:
     """The training text a checkpoint carries, checked against its config entry (size, sha1);
     None when the checkpoint carries none. A corrupt or oversized file is a CheckpointError."""
-    entry = config.get("training_text")
+    entry = config.training_text if isinstance(config, CheckpointConfig) else config.get("training_text")
     if entry is None:
         return None
     path = Path(folder) / TRAINING_TEXT_NAME

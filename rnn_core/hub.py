@@ -28,7 +28,7 @@ from huggingface_hub.errors import (HfHubHTTPError, HFValidationError, LocalEntr
                                     RevisionNotFoundError)
 from huggingface_hub.utils import validate_repo_id
 
-from .card import make_model_card, training_metadata
+from .card import make_model_card
 from .checkpoint import (CARD_NAME, CONFIG_NAME, MAX_JSON_BYTES, MAX_PARAMETERS,
                          MAX_TRAINING_TEXT_BYTES, MODEL_FILES, PLOT_NAME, TRAINING_TEXT_NAME,
                          VOCAB_NAME, WEIGHTS_NAME, Checkpoint, CheckpointError, load_checkpoint,
@@ -94,11 +94,11 @@ def download_checkpoint(repo_id: str, revision: str | None = None,
     commit = folder.name                                 # .../snapshots/<commit sha>
     asked = revision or "main"
     _fetch(repo_id, VOCAB_NAME, commit, asked, MAX_JSON_BYTES)
-    V, H = config["vocab_size"], config["num_hiddens"]
+    V, H = config.vocab_size, config.num_hiddens
     max_bytes = 4 * sum(math.prod(s) for s in param_shapes(V, H).values()) + HEADER_ALLOWANCE
     _fetch(repo_id, WEIGHTS_NAME, commit, asked, max_bytes,
            f"vocab_size {V} and num_hiddens {H} need at most {max_bytes:,}")
-    if config.get("training_text") is not None:
+    if config.training_text is not None:
         _download_training_text(repo_id, commit, asked)
     return folder
 
@@ -228,8 +228,8 @@ def push_checkpoint(folder: str | os.PathLike, repo_id: str, *, private: bool = 
     card = make_model_card(ckpt.config, sample, repo_id)
     ops = [CommitOperationAdd(name, folder / name) for name in PUSHED_FILES if (folder / name).is_file()]
     ops.append(CommitOperationAdd(CARD_NAME, str(card).encode()))
-    t = training_metadata(ckpt.config)
-    message = commit_message or (f"Upload char-RNN ({ckpt.config['num_hiddens']} hidden units, "
+    t = ckpt.config.record()
+    message = commit_message or (f"Upload char-RNN ({ckpt.config.num_hiddens} hidden units, "
                                  f"{t.get('num_epochs', '?')} epochs)")
     branch = revision or "main"
     api = HfApi(token=token)

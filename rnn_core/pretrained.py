@@ -24,7 +24,7 @@ PERPLEXITY_WINDOW = 1000  # characters read per forward pass; the state carries 
 
 class CharRNN:
     """A loaded checkpoint with the three things a learner does with it. `net`, `vocab` and
-    `config` are the book's model, its vocabulary and the training metadata."""
+    `config` are the book's model, its vocabulary and its CheckpointConfig (sizes, training record)."""
 
     def __init__(self, ckpt: Checkpoint):
         self.ckpt = ckpt
@@ -38,7 +38,7 @@ class CharRNN:
 
     def __repr__(self) -> str:
         at = f"@{self.ckpt.commit[:8]}" if self.ckpt.commit else ""
-        return (f"CharRNN({self.ckpt.source}{at}: {self.config['num_hiddens']} hidden units, "
+        return (f"CharRNN({self.ckpt.source}{at}: {self.config.num_hiddens} hidden units, "
                 f"{len(self.vocab)} tokens)")
 
     def generate(self, prefix: str, num_preds: int = 50, temperature: float = 0.0,

@@ -37,7 +37,7 @@ def test_round_trip_loads_the_same_model(tmp_path, ckpt):
     out = save_checkpoint(tmp_path / "copy", dict(c.net.named_parameters()), c.vocab,
                           {"normalization": "book"})
     d = load_checkpoint(out)
-    assert d.vocab.idx_to_token == c.vocab.idx_to_token and d.config["num_hiddens"] == 32
+    assert d.vocab.idx_to_token == c.vocab.idx_to_token and d.config.num_hiddens == 32
     assert predict_ch8("time traveller", 40, d.net, d.vocab, "cpu") == \
         predict_ch8("time traveller", 40, c.net, c.vocab, "cpu")
 
@@ -149,6 +149,27 @@ def test_bad_configs(ckpt, edit, message):
     config.update(edit)
     (ckpt / "config.json").write_text(json.dumps(config))
     assert message in _error(ckpt)
+
+
+def test_format_version_is_written_and_checked_on_load(tmp_path, ckpt):
+    """Saves say format_version 1; a config without one (written before it existed) loads as
+    version 1; a newer version is refused with one line saying to upgrade."""
+    c = load_checkpoint(ckpt)
+    out = save_checkpoint(tmp_path / "copy", dict(c.net.named_parameters()), c.vocab,
+                          {"normalization": "book"})
+    config = json.loads((out / "config.json").read_text())
+    assert config["format"] == "d2l-char-rnn-scratch" and config["format_version"] == 1
+    del config["format_version"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert load_checkpoint(out).config.format_version == 1
+    for version, message in [(2, "format_version 2 is newer than this code reads (1); upgrade the "
+                                 "rnn_core package to load it"),
+                             ("1", "format_version must be a positive integer, got '1'"),
+                             (True, "format_version must be a positive integer, got True")]:
+        config["format_version"] = version
+        (out / "config.json").write_text(json.dumps(config))
+        error = _error(out)
+        assert error == f"{out / 'config.json'}: {message}" and "\n" not in error
 
 
 def test_bad_vocab_and_json(ckpt):
