@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .chat import MAX_MESSAGE_CHARS
 from .checkpoint import CheckpointError
-from .generation import generate_text
+from .generation import SettingsError, check_generation_settings, generate_text
 from .hub import load_model
 from .inspector import score
 
@@ -54,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def generate(args: argparse.Namespace) -> int:
-    if args.num_preds < 0 or args.top_k < 0 or not args.temperature >= 0:
-        print("error: --num-preds, --top-k and --temperature must not be negative", file=sys.stderr)
+    try:
+        check_generation_settings(args.num_preds, args.temperature, args.top_k)
+    except SettingsError as e:
+        print(f"error: --{e.setting.replace('_', '-')} {e.problem}", file=sys.stderr)
         return 2
     ckpt = load_model(args.model, args.revision)
     print(generate_text(ckpt.net, ckpt.vocab, args.prefix, args.num_preds, ckpt.normalization,

@@ -105,12 +105,34 @@ class Generator:
         temperature 0 is greedy (the book's argmax); otherwise softmax(logits / temperature),
         restricted to the `top_k` most likely tokens when top_k > 0.
         """
+        check_generation_settings(num_preds, temperature, top_k)
         if self.last is None:
             raise ValueError("feed some text before generating; the model needs a first character")
         for _ in range(num_preds):
             logits = self._step(self.last)
             self.last = pick(logits, temperature, top_k, rng)
             yield self.vocab.idx_to_token[self.last]
+
+
+class SettingsError(ValueError):
+    """A generation setting out of range; `setting` names it (callers add their own flag name)."""
+
+    def __init__(self, setting: str, problem: str):
+        super().__init__(f"{setting} {problem}")
+        self.setting, self.problem = setting, problem
+
+
+def check_generation_settings(num_preds, temperature, top_k) -> None:
+    """The rule every caller of generation shares (CLI, CharRNN, the chat's sliders on top of
+    theirs): `num_preds` and `top_k` whole numbers >= 0 (top_k 0 = off), `temperature` a finite
+    number >= 0 (0 = greedy)."""
+    for name, value in (("num_preds", num_preds), ("top_k", top_k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise SettingsError(name, f"must be a whole number >= 0, got {value!r:.40}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
+            not math.isfinite(temperature) or temperature < 0:
+        raise SettingsError("temperature", f"must be a finite number >= 0 (0 = greedy), got "
+                                           f"{temperature!r:.40}")
 
 
 def pick(logits: torch.Tensor, temperature: float, top_k: int,
@@ -141,6 +163,7 @@ def generate_text(net: RNNModelScratch, vocab: Vocab, prefix: str, num_preds: in
                   normalization: str = "book", temperature: float = 0.0, top_k: int = 0,
                   seed: int | None = None) -> str:
     """Prefix (normalised) plus `num_preds` generated characters; greedy equals `predict_ch8`."""
+    check_generation_settings(num_preds, temperature, top_k)
     gen = Generator(net, vocab, normalization)
     prefix = gen.feed(prefix)
     if not prefix:

@@ -46,8 +46,6 @@ class CharRNN:
         """The prefix (normalised as the training text was) and `num_preds` more characters.
         temperature 0 is greedy, exactly the book's `predict_ch8`; above 0 it samples (from
         the `top_k` most likely characters when top_k > 0; `seed` makes it repeatable)."""
-        if num_preds < 0 or top_k < 0 or not temperature >= 0:
-            raise ValueError("num_preds, top_k and temperature must not be negative")
         return generate_text(self.net, self.vocab, prefix, num_preds, self.ckpt.normalization,
                              temperature, top_k, seed)
 

@@ -1,0 +1,39 @@
+"""Generation settings: one rule (rnn_core.generation.check_generation_settings) for the CLI,
+CharRNN and Generator, each refusing bad values with a message naming the setting."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from rnn_core import CharRNN
+from rnn_core.generation import Generator, SettingsError
+
+BAD = [(-1, 0.0, 0, "num_preds must be a whole number >= 0, got -1"),
+       (10, -0.5, 0, "temperature must be a finite number >= 0 (0 = greedy), got -0.5"),
+       (10, math.nan, 0, "temperature must be a finite number >= 0 (0 = greedy), got nan"),
+       (10, 1.0, -2, "top_k must be a whole number >= 0, got -2"),
+       (10, 1.0, 2.5, "top_k must be a whole number >= 0, got 2.5")]
+
+
+@pytest.mark.parametrize("num_preds, temperature, top_k, message", BAD)
+def test_library_refuses_bad_settings_naming_the_setting(bundled_checkpoint, num_preds,
+                                                         temperature, top_k, message):
+    rnn = CharRNN.load(bundled_checkpoint)
+    with pytest.raises(SettingsError) as e:
+        rnn.generate("time", num_preds, temperature, top_k)
+    assert str(e.value) == message
+    gen = Generator(rnn.net, rnn.vocab)
+    gen.feed("time")
+    with pytest.raises(SettingsError) as e:
+        list(gen.generate(num_preds, temperature, top_k))
+    assert str(e.value) == message
+
+
+def test_cli_refuses_bad_settings_with_the_flag_name(bundled_checkpoint):
+    r = subprocess.run([sys.executable, "-m", "rnn_core", "generate", "--model", str(bundled_checkpoint),
+                        "--prefix", "time", "--top-k", "-2"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == "error: --top-k must be a whole number >= 0, got -2\n"
