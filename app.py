@@ -58,9 +58,9 @@ def load_served(ref: str, revision: str | None) -> Checkpoint:
 
 
 MODELS = ModelCache(load_served, capacity=16, max_bytes=MODEL_MEMORY_MB << 20)
-# After every event Gradio rebuilds a pandas summary of up to 10,000 past events for a monitoring
-# page this app does not enable: ~10 ms of the server's one thread per reply once thousands have
-# been served. Keep fewer records and summarise rarely (the environment can still override).
+# After every event Gradio rebuilds a pandas summary of up to 10,000 past events for its
+# /monitoring page (on by default in launch()): ~10 ms of the server's one thread per reply once
+# thousands have been served. Keep fewer records and summarise rarely (the environment can still override).
 os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
 os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
 

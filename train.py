@@ -380,7 +380,7 @@ def resume_settings(args: argparse.Namespace):
     ckpt = load_checkpoint(args.resume)
     state = load_training_state(args.resume, dict(ckpt.net.named_parameters()))
     settings = dict(state.args)
-    settings.setdefault("kernel", "book")  # runs saved before --kernel had the book's kernel
+    settings.setdefault("kernel", "book")  # saved settings without a kernel: the book's
     parser = build_parser()
 
     def refuse(message):

@@ -14,7 +14,7 @@ first): N sessions at once, each sending one message to `/chat` and reading the 
   server CPU  the server process's CPU use over the level (100% = one core), peak RSS
   client CPU  this load generator's own CPU use (it shares the machine)
 and per level the medians over repeats, with ours / bare for TTFC p95 and gap p95.
-Targets (issue 10, on a 2-core machine): at 64 and 128 sessions within 1.25x of the bare app's
+Targets (on a 2-core machine): at 64 and 128 sessions within 1.25x of the bare app's
 TTFC p95 and gap p95, no errors, every session >= 30 chars/s; 64 sessions TTFC p95 <= 0.5 s
 and gap p95 <= 100 ms; 128 sessions TTFC p95 <= 2 s.
 

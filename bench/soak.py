@@ -1,4 +1,4 @@
-"""The long soak (issue 6, load and isolation): many chat sessions at once against the real
+"""The long soak (load and isolation): many chat sessions at once against the real
 app for minutes, each sending random messages with random settings, turn after turn.
 
 Starts `python app.py` on a free loopback port (or uses a running one: --port, --server-pid),
