@@ -79,7 +79,7 @@ def read_text(path: str | os.PathLike) -> str:
 
 
 def normalize_line(line: str) -> str:
-    """The book's `read_time_machine` rule for one line: letters only, lowercase."""
+    """§8.2: The book's `read_time_machine` rule for one line: letters only, lowercase."""
     return re.sub("[^A-Za-z]+", " ", line).strip().lower()
 
 
@@ -104,7 +104,7 @@ def normalize_prompt(text: str, normalization: str) -> str:
 
 
 class Vocab:
-    """The book's character vocabulary: `<unk>` at 0, then tokens by descending frequency
+    """§8.2: The book's character vocabulary: `<unk>` at 0, then tokens by descending frequency
     (ties in first-seen order). Unknown tokens map to index 0."""
 
     def __init__(self, tokens: Sequence[str] = (), reserved_tokens: Sequence[str] = (),
@@ -137,7 +137,7 @@ class Vocab:
 
 def load_corpus(text: str, normalization: str = "book",
                 max_tokens: int = -1) -> tuple[list[int], Vocab]:
-    """The book's `load_corpus_time_machine`: the vocabulary is built on the whole text,
+    """§8.2: The book's `load_corpus_time_machine`: the vocabulary is built on the whole text,
     then the corpus is cut to `max_tokens` (≤ 0 keeps everything)."""
     chars = normalize_text(text, normalization)
     if not chars:
@@ -152,7 +152,7 @@ def load_corpus(text: str, normalization: str = "book",
 
 def seq_data_iter_random(corpus: Sequence[int], batch_size: int,
                          num_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The book's random sampling: random prefix dropped, shuffled subsequence starts."""
+    """§8.3: The book's random sampling: random prefix dropped, shuffled subsequence starts."""
     corpus = corpus[random.randint(0, num_steps - 1):]
     num_subseqs = (len(corpus) - 1) // num_steps
     initial_indices = list(range(0, num_subseqs * num_steps, num_steps))
@@ -167,7 +167,7 @@ def seq_data_iter_random(corpus: Sequence[int], batch_size: int,
 
 def seq_data_iter_sequential(corpus: Sequence[int], batch_size: int,
                              num_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The book's sequential partitioning (offset drawn from 0..num_steps inclusive, as the book)."""
+    """§8.3: The book's sequential partitioning (offset drawn from 0..num_steps inclusive, as the book)."""
     offset = random.randint(0, num_steps)
     num_tokens = ((len(corpus) - offset - 1) // batch_size) * batch_size
     Xs = torch.tensor(corpus[offset: offset + num_tokens])
@@ -179,7 +179,7 @@ def seq_data_iter_sequential(corpus: Sequence[int], batch_size: int,
 
 
 class SeqDataLoader:
-    """Iterable over minibatches of a corpus; a fresh pass (new random draws) per `iter`."""
+    """§8.3: Iterable over minibatches of a corpus; a fresh pass (new random draws) per `iter`."""
 
     def __init__(self, corpus: Sequence[int], batch_size: int, num_steps: int,
                  use_random_iter: bool = False):

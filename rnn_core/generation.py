@@ -21,7 +21,7 @@ from .model import RNNModelScratch
 
 def predict_ch8(prefix: str, num_preds: int, net: RNNModelScratch, vocab: Vocab,
                 device: torch.device | str) -> str:
-    """Generate new characters following the `prefix` (the book's function, unchanged)."""
+    """§8.5: Generate new characters following the `prefix` (the book's function, unchanged)."""
     state = net.begin_state(batch_size=1, device=device)
     outputs = [vocab[prefix[0]]]
 

@@ -13,7 +13,7 @@ PARAM_NAMES = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
 
 
 def param_shapes(vocab_size: int, num_hiddens: int) -> dict[str, tuple[int, ...]]:
-    """The five tensors' shapes, in the book's order."""
+    """§8.5: The five tensors' shapes, in the book's order."""
     V, H = vocab_size, num_hiddens
     return {"W_xh": (V, H), "W_hh": (H, H), "b_h": (H,), "W_hq": (H, V), "b_q": (V,)}
 
@@ -55,7 +55,7 @@ class RNNModelScratch(nn.Module):
 
 def rnn(inputs: torch.Tensor, state: tuple[torch.Tensor], params: list[torch.Tensor]
         ) -> tuple[torch.Tensor, tuple[torch.Tensor]]:
-    """The book's `rnn`: loop over time steps of inputs (steps, batch, V)."""
+    """§8.5: The book's `rnn`: loop over time steps of inputs (steps, batch, V)."""
     W_xh, W_hh, b_h, W_hq, b_q = params
     H, = state
     outputs = []

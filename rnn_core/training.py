@@ -77,7 +77,7 @@ class StopSignals:
 
 
 def grad_clipping(net: nn.Module, theta: float) -> None:
-    """The book's clipping: one global L2 norm over all gradients, scaled down to `theta`."""
+    """§8.5: The book's clipping: one global L2 norm over all gradients, scaled down to `theta`."""
     params = [p for p in net.parameters() if p.requires_grad]
     norm = torch.sqrt(sum(torch.sum(p.grad ** 2) for p in params))
     if norm > theta:
@@ -86,7 +86,7 @@ def grad_clipping(net: nn.Module, theta: float) -> None:
 
 
 def sgd(params: Sequence[torch.Tensor], lr: float, batch_size: int) -> None:
-    """The book's minibatch SGD (called with batch_size=1, as the loss is already a mean)."""
+    """§3.2: The book's minibatch SGD (called with batch_size=1, as the loss is already a mean)."""
     with torch.no_grad():
         for param in params:
             param -= lr * param.grad / batch_size
@@ -106,7 +106,7 @@ def train_epoch_ch8(net: RNNModelScratch, train_iter: Iterable, loss: nn.Module,
                     device: torch.device | str, use_random_iter: bool,
                     forward: Callable | None = None,
                     group: Group = SINGLE) -> tuple[float, float]:
-    """One epoch, exactly the book's loop; returns (perplexity, tokens/sec).
+    """§8.5: One epoch, exactly the book's loop; returns (perplexity, tokens/sec).
 
     `forward` replaces `net(X, state)` (same inputs, outputs and gradients), e.g. a
     `fast.FastRNN`; by default the book's own forward runs. Under torchrun (`group`) this
@@ -186,7 +186,7 @@ def train_ch8(net: RNNModelScratch, train_iter: Iterable, vocab: Vocab, lr: floa
               on_epoch: Callable[[EpochResult], None] | None = None,
               log: Callable[[str], None] = print, kernel: str = "book",
               group: Group = SINGLE) -> list[EpochResult]:
-    """The book's `train_ch8`, plus optional validation, resume (`start_epoch`, `updater`),
+    """§8.5: The book's `train_ch8`, plus optional validation, resume (`start_epoch`, `updater`),
     a per-epoch callback and a choice of training kernel: `book` runs the book's forward and
     autograd, `fast` the same math through `fast.FastRNN` (the same gradients up to float
     rounding, about twice the tokens/sec on CPU). Prints what the book prints through `log`.
