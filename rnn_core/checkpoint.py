@@ -61,6 +61,11 @@ class Checkpoint:
     commit: str | None = None
     folder: Path | None = None   # where its files are (a Hub model: its cached snapshot)
 
+    def __post_init__(self):
+        if isinstance(self.config, dict):  # a model built in memory: the sizes from the model
+            sizes = {"vocab_size": len(self.vocab), "num_hiddens": self.net.num_hiddens}
+            self.config = CheckpointConfig(**{**sizes, **self.config})
+
     @property
     def normalization(self) -> str:
         return self.config.normalization
