@@ -9,12 +9,14 @@ The conversation logic lives in rnn_core/chat.py; this file is the page and its 
 """
 from __future__ import annotations
 
+import base64
 import ctypes
 import gc
 import html
 import logging
 import os
 import re
+import secrets
 from contextlib import aclosing
 from pathlib import Path
 
@@ -24,11 +26,15 @@ import torch
 from huggingface_hub import constants
 from starlette.middleware import Middleware
 
-from rnn_core.chat import (MAX_LENGTH, MAX_SERVED_PARAMETERS, MAX_TEMPERATURE, ChatError,
-                           ChatSession, LoadGate, ModelCache, check_settings, describe_vocab,
-                           num_params, resolve_model_ref, stream_reply)
+from rnn_core.card import BOOK_URL
+from rnn_core.chat import (MAX_LENGTH, MAX_SEED, MAX_SERVED_PARAMETERS, MAX_TEMPERATURE,
+                           ChatError, ChatSession, LoadGate, ModelCache, Settings, check_message,
+                           check_settings, describe_vocab, num_params, read_as, read_text,
+                           resolve_model_ref, stream_reply)
 from rnn_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from rnn_core.hub import load_from_hub, load_model
+from rnn_core.hub import hub_answers, load_from_hub, load_model
+from rnn_core.page import (CONVERSATION_CSS, CONVERSATION_HTML, CONVERSATION_JS, CSS,
+                           conversation_view, turn_view)
 
 ROOT = Path(__file__).resolve().parent
 CHECKPOINTS = ROOT / "checkpoints"
@@ -94,8 +100,6 @@ def startup_model() -> tuple[Checkpoint, tuple, str, str | None]:
                          f"{BUNDLED.relative_to(ROOT)} or set RNN_MODEL") from None
 
 
-
-
 # ---------------------------------------------------------------- rendering
 
 def md_escape(text: str) -> str:
@@ -104,34 +108,65 @@ def md_escape(text: str) -> str:
 
 
 def model_source(ckpt: Checkpoint) -> str:
-    """Where a model came from, for people: the repo and commit, or the folder (relative to
-    the app, so no server paths are shown)."""
+    """Where a model came from, for people: the repo and commit (with a link to its Hub page),
+    or the folder (relative to the app, so no server paths are shown)."""
     if ckpt.commit:
-        return f"Hub repo {md_escape(ckpt.source)} at commit {ckpt.commit[:12]}"
+        return (f"Hub repo {md_escape(ckpt.source)} at commit {ckpt.commit[:12]} "
+                f"([its Hub page]({constants.ENDPOINT}/{ckpt.source}))")
     path = Path(ckpt.source).resolve()
     name = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
     return f"{md_escape(name)}{' (bundled with the app)' if path == BUNDLED else ' (local folder)'}"
 
 
 def model_card(ckpt: Checkpoint) -> str:
-    """The loaded model in a few lines of Markdown."""
+    """The loaded model in a few lines of Markdown, with why its validation perplexity is
+    not the book's."""
     ppl = ckpt.config.record().get("final_val_ppl")
     ppl = f"{ppl:.2f}" if ppl is not None else "not measured"
+    why = ("  \nValidation perplexity is measured on held-out text the model never trained on, "
+           f"so {ppl} is not the book's 1.0, which is measured on the 10,000 training characters "
+           "the book's model memorises." if ppl != "not measured" else "")
     return (f"**Model:** {model_source(ckpt)}  \n"
             f"{ckpt.config.num_hiddens} hidden units · {num_params(ckpt):,} parameters · "
             f"validation perplexity {ppl}  \n"
             f"**Vocabulary** ({len(ckpt.vocab)} tokens, `{ckpt.normalization}` normalisation): "
-            f"{md_escape(describe_vocab(ckpt.vocab))}")
+            f"{md_escape(describe_vocab(ckpt.vocab))}{why}")
 
 
-def bubble(role: str, text: str) -> dict:
-    """A chat message shown verbatim: HTML-escaped (the page renders no Markdown or HTML),
-    and as a text part so Gradio does not strip its leading spaces."""
-    return {"role": role, "content": [{"type": "text", "text": html.escape(text, quote=False)}]}
+def plot_html(ckpt: Checkpoint) -> str:
+    """The training curve saved with the model (perplexity.png), inline; "" if it has none."""
+    png = ckpt.plot()
+    if png is None:
+        return ""
+    return ('<figure style="margin:0"><img alt="Training curve: perplexity per epoch on the '
+            f'training text and on held-out text" src="data:image/png;base64,'
+            f'{base64.b64encode(png).decode()}"><figcaption>Training curve (perplexity.png)'
+            '</figcaption></figure>')
 
 
-def history(turns) -> list[dict]:
-    return [m for t in turns for m in (bubble("user", t.text), bubble("assistant", t.reply))]
+CLEAR = "<span></span>"   # an empty line (the page does not apply an empty string)
+
+
+def line(text: str = "", alert: bool = True) -> str:
+    """A one-line message under a control (escaped; CLEAR removes it)."""
+    if not text:
+        return CLEAR
+    return f'<p{" role=alert" if alert else ""}>{html.escape(public(text), quote=False)}</p>'
+
+
+def link_model(session: ChatSession) -> dict | None:
+    """The session's model as a share link names it: None for the app's own model, a Hub
+    repo at its commit, or checkpoints/NAME."""
+    ckpt = session.model()
+    if ckpt is None or ckpt is DEFAULT:
+        return None
+    if ckpt.commit:
+        return {"ref": ckpt.source, "revision": ckpt.commit}
+    return {"ref": f"checkpoints/{Path(ckpt.source).name}", "revision": None}
+
+
+def view(session: ChatSession, streaming: bool = False, past: list | None = None) -> dict:
+    return conversation_view(session.turns, streaming, link_model(session), past)
 
 
 def session_of(session: ChatSession | None) -> ChatSession:
@@ -144,15 +179,49 @@ MODELS.models[DEFAULT_KEY] = MODELS.alive[DEFAULT_KEY] = DEFAULT   # shared, nev
 MODELS.keep.add(DEFAULT_KEY)
 
 
-# ---------------------------------------------------------------- event handlers
+# ---------------------------------------------------------------- loading models
 
-def public(text: str) -> str:
-    """A reason as visitors may read it: no server paths, Hub endpoint or cache location."""
-    for secret, shown in ((str(ROOT) + os.sep, ""), (constants.HF_HUB_CACHE, "the model cache"),
-                          (f" at {constants.ENDPOINT}", ""), (constants.ENDPOINT, "the Hub")):
-        text = text.replace(secret, shown)
-    return text
+HUB_UNREACHABLE = "The Hugging Face Hub cannot be reached; the current model stays loaded"
+HUB_PROBE_TIMEOUT = 3.0   # seconds: a visitor learns within ~5 s that the Hub is unreachable
 
+
+def visitor(request: gr.Request | None) -> str:
+    """Who is asking, for per-visitor limits: the client's address (else the session)."""
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None) or getattr(request, "session_hash", None) or "?"
+
+
+async def load_for(ref, revision, who: str) -> Checkpoint:
+    """A model a visitor asked for: a Hub repo id or a folder under checkpoints/. Hub loads
+    are refused at once when the Hub does not answer, pass LOAD_GATE and are answered within
+    LOAD_TIMEOUT; folders and models already in memory need no slot. Refusals are ChatError
+    or CheckpointError."""
+    ref, revision = resolve_model_ref(ref, revision, CHECKPOINTS)
+    ckpt = MODELS.cached(ref, revision)
+    if ckpt is not None:
+        return ckpt
+    if Path(ref).is_absolute():
+        return await anyio.to_thread.run_sync(MODELS.get, ref, revision)
+    if not await anyio.to_thread.run_sync(hub_answers, HUB_PROBE_TIMEOUT):
+        raise ChatError(HUB_UNREACHABLE)
+    LOAD_GATE.enter(who)
+
+    def load():
+        try:
+            return MODELS.get(ref, revision)
+        finally:
+            LOAD_GATE.leave(who)
+    try:
+        with anyio.fail_after(LOAD_TIMEOUT):
+            return await anyio.to_thread.run_sync(load, abandon_on_cancel=True)
+    except TimeoutError:
+        log.warning("a model load timed out after %g s (%r at revision %r)", LOAD_TIMEOUT, ref,
+                    revision)
+        raise ChatError(f"loading {ref} took longer than {LOAD_TIMEOUT:g} s (the Hub is slow or "
+                        "not answering): try again later") from None
+
+
+# ---------------------------------------------------------------- event handlers: the API
 
 def refused(e: Exception, prefix: str = "") -> gr.Error:
     """An error event carrying the reason (escaped: the page renders error text as HTML)."""
@@ -163,8 +232,20 @@ def failed(e: Exception, what: str) -> gr.Error:
     """An unexpected failure: logged for the operator, one line for the visitor, whose
     session stays as it was before the event."""
     log.exception("%s failed", what)
-    return gr.Error(f"{what} failed ({type(e).__name__}); the conversation is unchanged: try "
-                    "again, or press New chat", print_exception=False)
+    return gr.Error(failure(e, what), print_exception=False)
+
+
+def failure(e: Exception, what: str) -> str:
+    return (f"{what} failed ({type(e).__name__}); the conversation is unchanged: try again, or "
+            "press New chat")
+
+
+def public(text: str) -> str:
+    """A reason as visitors may read it: no server paths, Hub endpoint or cache location."""
+    for secret, shown in ((str(ROOT) + os.sep, ""), (constants.HF_HUB_CACHE, "the model cache"),
+                          (f" at {constants.ENDPOINT}", ""), (constants.ENDPOINT, "the Hub")):
+        text = text.replace(secret, shown)
+    return text
 
 
 async def _stream(session: ChatSession, message, length, temperature, top_k):
@@ -193,44 +274,6 @@ async def chat(message: str = None, length: float = None, temperature: float = N
             stored = gr.skip()
 
 
-async def respond(message, length, temperature, top_k, session):
-    """The page's send: the conversation so far plus the growing reply; clears the box."""
-    session = session_of(session)
-    past, cleared, stored = None, "", session
-    async with aclosing(_stream(session, message, length, temperature, top_k)) as replies:
-        async for _ in replies:
-            if past is None:
-                past = history(session.turns[:-1])
-            yield past + history(session.turns[-1:]), cleared, stored
-            cleared = stored = gr.skip()
-
-
-async def retry(length, temperature, top_k, session):
-    """Rewind the last turn and answer its message again with the current settings."""
-    session = session_of(session)
-    async with session.lock:
-        turn = session.undo()
-    if turn is None:
-        yield [], gr.skip(), session
-        return
-    async with aclosing(respond(turn.message, length, temperature, top_k, session)) as updates:
-        async for update in updates:
-            yield update[0], gr.skip(), update[2]
-
-
-async def undo(session):
-    """Rewind the last turn and put its message back in the box."""
-    session = session_of(session)
-    async with session.lock:
-        turn = session.undo()
-    return history(session.turns), (turn.message if turn else gr.skip()), session
-
-
-async def show(session):
-    """Redraw the conversation from the session (after Stop: exactly what the state read)."""
-    return history(session_of(session).turns)
-
-
 async def new_chat(session):
     """Forget the conversation: zero hidden state, empty transcript (on the app's model if
     this session's model was unloaded meanwhile)."""
@@ -242,41 +285,14 @@ async def new_chat(session):
     return [], session
 
 
-def visitor(request: gr.Request | None) -> str:
-    """Who is asking, for per-visitor limits: the client's address (else the session)."""
-    client = getattr(request, "client", None)
-    return getattr(client, "host", None) or getattr(request, "session_hash", None) or "?"
-
-
 async def load_other_model(ref, revision, session, request: gr.Request = None):
-    """Switch this session (only) to a Hub repo id or a folder under checkpoints/. The model
-    is loaded and its card made before anything changes, so a failed load changes nothing.
-    Hub loads pass LOAD_GATE and are answered within LOAD_TIMEOUT; folders and models already
-    in memory need no slot."""
+    """Switch this session (only) to a Hub repo id or a folder under checkpoints/ (load_for).
+    The model is loaded and its card made before anything changes, so a failed load changes
+    nothing."""
     session = session_of(session)
-    who = visitor(request)
     try:
-        ref, revision = resolve_model_ref(ref, revision, CHECKPOINTS)
-        ckpt = MODELS.cached(ref, revision)
-        if ckpt is None and Path(ref).is_absolute():
-            ckpt = await anyio.to_thread.run_sync(MODELS.get, ref, revision)
-        elif ckpt is None:
-            LOAD_GATE.enter(who)
-
-            def load():
-                try:
-                    return MODELS.get(ref, revision)
-                finally:
-                    LOAD_GATE.leave(who)
-            with anyio.fail_after(LOAD_TIMEOUT):
-                ckpt = await anyio.to_thread.run_sync(load, abandon_on_cancel=True)
+        ckpt = await load_for(ref, revision, visitor(request))
         card = model_card(ckpt)
-    except TimeoutError:
-        log.warning("a model load timed out after %g s (%r at revision %r)", LOAD_TIMEOUT, ref,
-                    revision)
-        raise refused(ChatError(f"loading {ref} took longer than {LOAD_TIMEOUT:g} s (the Hub is "
-                                "slow or not answering): try again later"),
-                      "Model not loaded: ") from None
     except (ChatError, CheckpointError) as e:
         log.warning("refused a model load for one session (%r at revision %r): %s", ref,
                     revision, e)
@@ -288,85 +304,288 @@ async def load_other_model(ref, revision, session, request: gr.Request = None):
     return card, [], gr.Slider(maximum=len(ckpt.vocab)), session
 
 
+# ---------------------------------------------------------------- event handlers: the page
+# A refusal never raises here (an error event marks every output component): it is a line
+# under the control that caused it, and every other component is skipped, so stays as it was.
+
+def page_settings(session: ChatSession, length, temperature, top_k, seed) -> Settings:
+    """The sliders and the seed box; a blank seed is drawn now, so the reply can be shared."""
+    if seed is None or isinstance(seed, str) and not seed.strip():
+        seed = secrets.randbelow(MAX_SEED + 1)
+    elif isinstance(seed, str):
+        try:
+            seed = int(seed.strip())
+        except ValueError:
+            raise ChatError(f"the seed must be a whole number from 0 to {MAX_SEED}, or empty for "
+                            f"a random one; got {seed.strip()[:40]!r}") from None
+    return check_settings(length, temperature, top_k, len(session.ckpt.vocab), seed)
+
+
+async def respond(message, length, temperature, top_k, seed, session):
+    """The page's send: (conversation view, message box, error line, preview, session) as
+    the reply grows. The box is cleared with the first update; a refused message stays in
+    the box with the reason under it. (The lines are sent unchanged, never skipped, while
+    streaming: Gradio's diff of a skipped gr.HTML value restores its previous value.)"""
+    session = session_of(session)
+    past, first = None, True
+    try:
+        settings = page_settings(session, length, temperature, top_k, seed)
+        async with aclosing(stream_reply(session, message, settings)) as replies:
+            async for _ in replies:
+                if past is None:
+                    past = [turn_view(t) for t in session.turns[:-1]]
+                if first:
+                    yield view(session, True, past), "", CLEAR, CLEAR, session
+                    first = False
+                else:
+                    yield view(session, True, past), gr.skip(), CLEAR, CLEAR, gr.skip()
+    except ChatError as e:
+        error = str(e)
+    except Exception as e:  # a bug, not the visitor's doing: the turn is closed, say so
+        log.exception("the reply failed")
+        error = failure(e, "the reply")
+    else:
+        error = None
+    shown = view(session, False, past) if past is not None else gr.skip()
+    yield shown, gr.skip(), line(error), CLEAR, session if first else gr.skip()
+
+
+async def retry(length, temperature, top_k, seed, session):
+    """Rewind the last turn and answer its message again with the current settings."""
+    session = session_of(session)
+    async with session.lock:
+        turn = session.undo()
+    if turn is None:
+        yield view(session), gr.skip(), CLEAR, gr.skip(), session
+        return
+    async with aclosing(respond(turn.message, length, temperature, top_k, seed, session)) as updates:
+        async for update in updates:
+            yield update[0], gr.skip(), *update[2:]
+
+
+async def undo(session):
+    """Rewind the last turn and put its message back in the box."""
+    session = session_of(session)
+    async with session.lock:
+        turn = session.undo()
+    return view(session), (turn.message if turn else gr.skip()), CLEAR, session
+
+
+async def show(session):
+    """Redraw the conversation from the session (after Stop: exactly what the state read)."""
+    return view(session_of(session))
+
+
+async def new_page_chat(session):
+    """New chat on the page: an empty conversation view, the error line cleared."""
+    _, session = await new_chat(session)
+    return view(session), CLEAR, session
+
+
+async def preview(message, session):
+    """The line under the box while typing: what the model will read of it."""
+    if not isinstance(message, str) or not message.strip():
+        return CLEAR
+    try:
+        ckpt = session_of(session).ckpt
+        check_message(message, ckpt.vocab, ckpt.normalization)
+    except ChatError as e:
+        return line(str(e), alert=False)
+    reading = read_as(message, ckpt.vocab, ckpt.normalization)
+    changes = reading.changes()
+    return line(f"The model will read “{reading.text}”" + (f" — {changes}." if changes else
+                                                         ", as typed."), alert=False)
+
+
+async def load_on_page(ref, revision, session, request: gr.Request = None):
+    """The page's Load button: (card, plot, conversation view, top-k slider, load error
+    line, session). A refusal is the error line; everything else stays as it was."""
+    session = session_of(session)
+    try:
+        ckpt = await load_for(ref, revision, visitor(request))
+        card = model_card(ckpt)
+    except (ChatError, CheckpointError) as e:
+        log.warning("refused a model load for one session (%r at revision %r): %s", ref,
+                    revision, e)
+        return *[gr.skip()] * 4, line(f"Model not loaded: {e}"), gr.skip()
+    except Exception as e:
+        log.exception("loading the model failed")
+        return *[gr.skip()] * 4, line(failure(e, "loading the model")), gr.skip()
+    async with session.lock:
+        session.use(ckpt)
+    return (card, plot_html(ckpt), view(session), gr.Slider(maximum=len(ckpt.vocab)), CLEAR,
+            session)
+
+
+LINK_FIELDS = ("model", "revision", "before", "message", "length", "temperature", "top_k", "seed")
+
+
+async def open_link(session, request: gr.Request = None):
+    """A share link (?model=&revision=&before=&message=&length=&temperature=&top_k=&seed=):
+    its model loaded, its earlier text read, its settings and message filled in, ready for
+    `send_link` to answer. Outputs: (card, plot, conversation view, message, length,
+    temperature, top-k, seed, error line, session, linked)."""
+    query = dict(getattr(request, "query_params", None) or {})
+    if not any(k in query for k in LINK_FIELDS):
+        return *[gr.skip()] * 10, False
+    session = session_of(session)
+    try:
+        ckpt = session.ckpt
+        if query.get("model"):
+            ckpt = await load_for(query["model"], query.get("revision"), visitor(request))
+        async with session.lock:
+            session.use(ckpt)
+        numbers = {}
+        for name in ("length", "temperature", "top_k", "seed"):
+            if query.get(name, "") != "":
+                try:
+                    numbers[name] = float(query[name])
+                except ValueError:
+                    raise ChatError(f"the link's {name} is not a number: {query[name][:40]!r}")
+        settings = check_settings(numbers.get("length", 200), numbers.get("temperature", 0.7),
+                                  numbers.get("top_k", 0), len(ckpt.vocab), numbers.get("seed"))
+        if query.get("before"):
+            await read_text(session, query["before"])
+    except (ChatError, CheckpointError) as e:
+        return (*[gr.skip()] * 8, line(f"This link cannot be opened: {e}"), session, False)
+    message = query.get("message", "")
+    return (model_card(ckpt), plot_html(ckpt), view(session), message, settings.length,
+            settings.temperature, gr.Slider(maximum=len(ckpt.vocab), value=settings.top_k),
+            "" if settings.seed is None else str(settings.seed), CLEAR, session, bool(message))
+
+
+async def send_link(linked, message, length, temperature, top_k, seed, session):
+    """Answer a share link's message (nothing when the page was opened without one)."""
+    if not linked:
+        yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return
+    async with aclosing(respond(message, length, temperature, top_k, seed, session)) as updates:
+        async for update in updates:
+            yield update
+
+
 # ---------------------------------------------------------------- the page
 
-CSS = """
-.verbatim .message-content, .verbatim .message-content * { white-space: pre-wrap; }
-#model-card { font-size: var(--text-sm); }
-"""
+INTRO = f"""# Time Machine char-RNN
+The character-level RNN of [*Dive into Deep Learning* §8.5]({BOOK_URL}), written from scratch
+and trained on H. G. Wells' *The Time Machine*. Type the start of a sentence: it continues your
+text one character at a time. The whole conversation is **one continuous text** that the model
+keeps reading, so each reply follows everything said before (press *Whole text* to see it). It
+reads only the characters its training text had (the bundled model: lowercase letters and
+spaces); the line under your message says what it read and what it dropped."""
 
-INTRO = """# Time Machine char-RNN
-The character-level RNN of *Dive into Deep Learning* §8.5, written from scratch and trained on
-H. G. Wells' *The Time Machine*. Type the start of a sentence: it continues your text one
-character at a time. The whole conversation is one continuous text that the model keeps reading,
-so each reply follows everything said before. It reads only the characters its training text had
-(the bundled model: lowercase letters and spaces), so your message is shown as the model read it."""
+THEME = gr.themes.Soft().set(
+    # WCAG AA contrast for the primary button in both themes.
+    button_primary_background_fill="*primary_700", button_primary_background_fill_hover="*primary_800",
+    button_primary_background_fill_dark="*primary_600",
+    button_primary_background_fill_hover_dark="*primary_700")
 
 
 def build() -> gr.Blocks:
     vocab_size = len(DEFAULT.vocab)
     with gr.Blocks(title="Time Machine char-RNN", delete_cache=(600, 600)) as demo:
         session = gr.State(None, time_to_live=SESSION_TTL)
-        gr.Markdown(INTRO)
+        linked = gr.State(False)
+        gr.Markdown(INTRO, elem_id="intro")
         if NOTICE:
             gr.Markdown(f"⚠️ {md_escape(NOTICE)}", elem_id="notice")
         with gr.Row():
-            with gr.Column(scale=3):
-                chatbot = gr.Chatbot(
-                    label="Conversation", height=440, elem_id="chat", elem_classes="verbatim",
-                    render_markdown=False, sanitize_html=True, allow_tags=False,
-                    latex_delimiters=[], buttons=[], feedback_options=None,
-                    placeholder="The model's replies stream here.")
-                with gr.Row(equal_height=True):
-                    message = gr.Textbox(label="Message", show_label=False, scale=6, autofocus=True, lines=1,
-                                         placeholder="Type the start of a sentence and press Enter")
-                    send = gr.Button("Send", variant="primary", size="md", scale=0, min_width=90)
-                    stop = gr.Button("Stop", size="md", scale=0, min_width=90)
-                    clear = gr.Button("New chat", size="md", scale=0, min_width=120)
-                gr.Examples(EXAMPLES, inputs=[message], cache_examples=False,
-                            label="Examples (click one, then Send)")
-            with gr.Column(scale=2):
+            with gr.Column(scale=3, min_width=300):
+                conversation = gr.HTML(
+                    conversation_view([]), html_template=CONVERSATION_HTML,
+                    css_template=CONVERSATION_CSS, js_on_load=CONVERSATION_JS, elem_id="chat",
+                    label="Conversation")
+                with gr.Row(equal_height=True, elem_id="input-row"):
+                    message = gr.Textbox(label="Message", show_label=False, scale=6, lines=1,
+                                         max_lines=6, elem_id="message", autofocus=False,
+                                         placeholder="Type the start of a sentence, then Enter")
+                    send = gr.Button("Send", variant="primary", scale=0, elem_id="send")
+                    stop = gr.Button("Stop", variant="stop", scale=0, elem_id="stop")
+                    jump = gr.Button("Settings", scale=0, elem_id="settings-jump",
+                                     elem_classes="phone-only")
+                chat_error = gr.HTML("", elem_id="chat-error", elem_classes="line-error")
+                gr.HTML('<p id="busy-note" role="status" hidden>A reply is streaming: wait '
+                        'for it, or press Stop (Esc). Your message stays in the box.</p>',
+                        elem_classes="line-note")
+                typed = gr.HTML("", elem_id="preview", elem_classes="line-note")
+                with gr.Row(elem_classes="example-row"):
+                    gr.HTML("<p>Examples (sent at once):</p>", elem_classes="line-note")
+                    examples = [gr.Button(e, size="sm", scale=0) for e in EXAMPLES]
+                    clear = gr.Button("New chat", size="sm", scale=0, elem_id="new-chat")
+            with gr.Column(scale=2, min_width=300, elem_id="settings"):
+                gr.Markdown("**Settings** (changes apply to the next reply)", elem_id="settings-title")
                 length = gr.Slider(1, MAX_LENGTH, value=200, step=1, label="Length",
-                                   info="characters per reply")
+                                   info="characters per reply", buttons=[])
                 temperature = gr.Slider(0, MAX_TEMPERATURE, value=0.7, step=0.05,
-                                        label="Temperature",
+                                        label="Temperature", buttons=[],
                                         info="0 = greedy, the book's predict_ch8; higher = bolder")
-                top_k = gr.Slider(0, vocab_size, value=0, step=1, label="Top-k",
+                top_k = gr.Slider(0, vocab_size, value=0, step=1, label="Top-k", buttons=[],
                                   info="sample from the k most likely characters; 0 = all")
+                seed = gr.Textbox("", label="Seed", placeholder="random", max_lines=1,
+                                  elem_id="seed", info="empty = a new random seed for each reply "
+                                  "(shown under it); the same seed repeats a sampled reply")
                 card = gr.Markdown(DEFAULT_CARD, elem_id="model-card", label="model")
+                plot = gr.HTML(plot_html(DEFAULT), elem_id="plot")
                 with gr.Accordion("Load another model (for this tab only)", open=False):
                     ref = gr.Textbox(label="Hub repo id or local folder",
                                      placeholder="owner/name or checkpoints/NAME")
                     revision = gr.Textbox(label="Revision (optional)",
                                           placeholder="branch, tag or commit; default main")
-                    load = gr.Button("Load model")
+                    load = gr.Button("Load model", elem_id="load")
+                    load_error = gr.HTML("", elem_id="load-error", elem_classes="line-error")
 
-        settings = [length, temperature, top_k, session]
-        chatting = gr.on([message.submit, send.click], respond, [message, *settings],
-                         [chatbot, message, session], api_visibility="private",
-                         concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat",
-                         show_progress="hidden", trigger_mode="once", preprocess=False)
-        retrying = chatbot.retry(retry, settings, [chatbot, message, session],
-                                 api_visibility="private", concurrency_id="chat",
-                                 concurrency_limit=CHAT_CONCURRENCY, show_progress="hidden",
-                                 preprocess=False)
-        chatbot.undo(undo, [session], [chatbot, message, session], api_visibility="private")
+        settings = [length, temperature, top_k, seed, session]
+        sent = [conversation, message, chat_error, typed, session]
+        chatting = gr.on([message.submit, send.click], respond, [message, *settings], sent,
+                         api_visibility="private", concurrency_limit=CHAT_CONCURRENCY,
+                         concurrency_id="chat", show_progress="hidden", trigger_mode="once",
+                         preprocess=False, postprocess=False)
+        for example in examples:   # an example is sent at once
+            example.click(respond, [example, *settings], sent, api_visibility="private",
+                          concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat",
+                          show_progress="hidden", trigger_mode="once", preprocess=False,
+                          postprocess=False)
+        retrying = conversation.retry(retry, settings, sent, api_visibility="private",
+                                      concurrency_id="chat", concurrency_limit=CHAT_CONCURRENCY,
+                                      show_progress="hidden", preprocess=False, postprocess=False)
+        conversation.undo(undo, [session], [conversation, message, chat_error, session],
+                          api_visibility="private", show_progress="hidden", preprocess=False,
+                          postprocess=False)
         stop.click(None, cancels=[chatting, retrying]).then(
-            show, [session], [chatbot], api_visibility="private")
-        clear.click(new_chat, [session], [chatbot, session], api_name="new_chat",
-                    cancels=[chatting, retrying])
-        chatbot.clear(new_chat, [session], [chatbot, session], api_visibility="private",
-                      cancels=[chatting, retrying])
-        load.click(load_other_model, [ref, revision, session], [card, chatbot, top_k, session],
-                   api_name="load_model", concurrency_limit=16, concurrency_id="load",
-                   cancels=[chatting, retrying])   # LOAD_GATE answers at once when busy
+            show, [session], [conversation], api_visibility="private", show_progress="hidden",
+            preprocess=False, postprocess=False)
+        clear.click(new_page_chat, [session], [conversation, chat_error, session],
+                    api_visibility="private", cancels=[chatting, retrying],
+                    show_progress="hidden", preprocess=False, postprocess=False)
+        message.input(preview, [message, session], [typed], api_visibility="private",
+                      trigger_mode="always_last", show_progress="hidden", preprocess=False,
+                      concurrency_limit=None)
+        load.click(load_on_page, [ref, revision, session],
+                   [card, plot, conversation, top_k, load_error, session],
+                   api_visibility="private", concurrency_limit=16, concurrency_id="load",
+                   cancels=[chatting, retrying], show_progress_on=[load], preprocess=False)
+        demo.load(open_link, [session],
+                  [card, plot, conversation, message, length, temperature, top_k, seed,
+                   chat_error, session, linked], api_visibility="private",
+                  show_progress="hidden", preprocess=False, concurrency_limit=16).then(
+            send_link, [linked, message, *settings], sent, api_visibility="private",
+            concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat", show_progress="hidden",
+            preprocess=False, postprocess=False)
 
-        # The API: /chat(message, length, temperature, top_k) streams the reply as plain text.
-        reply = gr.Textbox(visible=False, label="reply")
-        api_button = gr.Button(visible=False)
-        api_button.click(chat, [message, *settings], [reply, session], api_name="chat",
-                         concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat",
-                         preprocess=False, postprocess=False)  # the reply is plain text
+        # The API: /chat(message, length, temperature, top_k) streams the reply as plain
+        # text; /load_model(ref, revision) and /new_chat as before the page had its own.
+        with gr.Column(visible=False):
+            reply = gr.Textbox(label="reply")
+            api_conversation = gr.JSON(label="conversation")
+            api_chat, api_load, api_new = gr.Button(), gr.Button(), gr.Button()
+        api_chat.click(chat, [message, length, temperature, top_k, session], [reply, session],
+                       api_name="chat", concurrency_limit=CHAT_CONCURRENCY,
+                       concurrency_id="chat", preprocess=False,
+                       postprocess=False)  # the reply is plain text
+        api_load.click(load_other_model, [ref, revision, session],
+                       [card, api_conversation, top_k, session], api_name="load_model",
+                       concurrency_limit=16, concurrency_id="load")   # LOAD_GATE answers at once when busy
+        api_new.click(new_chat, [session], [api_conversation, session], api_name="new_chat")
     # Queue positions are sent once a second, not to every waiting visitor whenever any event
     # starts ("auto"): that is N² messages when N sessions arrive together.
     demo.queue(max_size=2048, status_update_rate=1)
@@ -421,6 +640,6 @@ if __name__ == "__main__":
     # Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT. Gradio runs at most
     # max_threads events at once whatever their concurrency limits, so it is raised to match.
     # Uploads: closed by NoUploads; max_file_size and the cache cleanup stand behind it.
-    demo.launch(css=CSS, theme=gr.themes.Soft(), max_threads=CHAT_CONCURRENCY + 16,
+    demo.launch(css=CSS, theme=THEME, max_threads=CHAT_CONCURRENCY + 16,
                 state_session_capacity=SESSIONS_KEPT, max_file_size=0,
                 app_kwargs={"middleware": [Middleware(NoUploads)]})

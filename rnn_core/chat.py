@@ -48,6 +48,7 @@ MIN_TEMPERATURE = 0.01       # positive temperatures below this are treated as g
 MAX_MESSAGE_CHARS = 2000     # a message is read inline; longer ones are refused, not cut
 MAX_TURNS = 200              # per conversation, so a session's memory stays bounded
 MAX_TRANSCRIPT_CHARS = 100_000
+MAX_SEED = 2**32 - 1         # sampling seeds: whole numbers a URL and a browser keep exactly
 # What a visitor may load, set for a 2-vCPU Space: a model's parameters are also its
 # multiply-adds per character, and 2M cost 0.3–1 ms a character on one core, so one request
 # (a 2,000-character message and a 1,000-character reply) costs at most a few core-seconds.
@@ -74,10 +75,13 @@ class ChatError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     """Generation settings after validation: `length` characters, `temperature` (0 = greedy),
-    `top_k` (0 = off)."""
+    `top_k` (0 = off), and `seed` (the sampling generator is seeded with it before the reply,
+    so the same transcript, message, settings and seed give the same reply; None = go on
+    with the session's generator)."""
     length: int
     temperature: float
     top_k: int
+    seed: int | None = None
 
 
 def _number(name: str, value, low: float, high: float, hint: str) -> float:
@@ -95,33 +99,75 @@ def _number(name: str, value, low: float, high: float, hint: str) -> float:
     return value
 
 
-def check_settings(length, temperature, top_k, vocab_size: int) -> Settings:
-    """Validate the three sliders as they arrive from the page or an API call (floats, maybe
-    anything). Out of range, NaN, infinite or non-numbers are refused; `top_k` above the
-    vocabulary size means "all tokens" and is clamped to it."""
+def check_settings(length, temperature, top_k, vocab_size: int, seed=None) -> Settings:
+    """Validate the three sliders (and the seed) as they arrive from the page or an API call
+    (floats, maybe anything). Out of range, NaN, infinite or non-numbers are refused; `top_k`
+    above the vocabulary size means "all tokens" and is clamped to it; the seed must be a
+    whole number from 0 to MAX_SEED (None: no seed)."""
     n = _number("length", length, 1, MAX_LENGTH, " characters")
     t = _number("temperature", temperature, 0, MAX_TEMPERATURE, " (0 = greedy)")
     if isinstance(top_k, (int, float)) and not isinstance(top_k, bool) and \
             math.isfinite(top_k) and top_k > vocab_size:
         top_k = vocab_size
     k = _number("top_k", top_k, 0, vocab_size, " (0 = off; at most the vocabulary size)")
-    return Settings(int(round(n)), 0.0 if t < MIN_TEMPERATURE else t, int(round(k)))
+    if seed is not None:
+        s = _number("seed", seed, 0, MAX_SEED, " (a whole number; empty = random)")
+        if s != int(s):
+            raise ChatError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+        seed = int(s)
+    return Settings(int(round(n)), 0.0 if t < MIN_TEMPERATURE else t, int(round(k)), seed)
+
+
+def char_name(ch: str) -> str:
+    """A character as people can read it in a list: `space` and `newline` named, other
+    invisible characters (controls, separators, format marks) as U+XXXX."""
+    if ch == " ":
+        return "space"
+    if ch == "\n":
+        return "newline"
+    if len(ch) == 1 and unicodedata.category(ch)[0] in "CZ":
+        return f"U+{ord(ch):04X}"
+    return ch
 
 
 def describe_vocab(vocab: Vocab, limit: int = 60) -> str:
     """The characters a model can read, for people: `space` named, controls escaped."""
-    shown = []
-    for token in vocab.idx_to_token[1:limit + 1]:
-        if token == " ":
-            shown.append("space")
-        elif token == "\n":
-            shown.append("newline")
-        elif len(token) == 1 and unicodedata.category(token)[0] in "CZ":
-            shown.append(f"U+{ord(token):04X}")
-        else:
-            shown.append(token)
+    shown = [char_name(token) for token in vocab.idx_to_token[1:limit + 1]]
     more = len(vocab) - 1 - len(shown)
     return " ".join(shown) + (f" (and {more} more)" if more > 0 else "")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the model reads of a message: `text`, normalised as its training text was, and
+    what normalisation changed, each character once in order of appearance: `dropped` (not
+    read at all), `lowercased` (read as its lowercase letter) and `unknown` (read, but the
+    vocabulary lacks it: the model sees <unk>)."""
+    text: str
+    dropped: str = ""
+    lowercased: str = ""
+    unknown: str = ""
+
+    def changes(self) -> str:
+        """The changes in words ("" when the message is read as typed)."""
+        parts = [(what, " ".join(char_name(c) for c in chars)) for what, chars in
+                 (("dropped", self.dropped), ("lowercased", self.lowercased),
+                  ("unknown to the model, read as <unk>", self.unknown)) if chars]
+        return "; ".join(f"{what}: {chars}" for what, chars in parts)
+
+
+def read_as(message: str, vocab: Vocab, normalization: str) -> Reading:
+    """How the model reads `message` (the one rule behind the page's preview and the note
+    under each message; `check_message` refuses what cannot be read at all)."""
+    text = normalize_prompt(message, normalization)
+    kept = set(text)
+    seen = dict.fromkeys(message)
+    dropped = "".join(c for c in seen if c not in kept and c.lower() not in kept
+                      and not c.isspace())
+    lowercased = "".join(c for c in seen if c not in kept and c != c.lower() and c.lower() in kept)
+    unknown = "".join(c for c in dict.fromkeys(text)
+                      if c not in vocab.token_to_idx and not c.isspace())
+    return Reading(text, dropped, lowercased, unknown)
 
 
 def join_separator(transcript: str, message: str) -> str:
@@ -131,8 +177,10 @@ def join_separator(transcript: str, message: str) -> str:
     return ""
 
 
-def check_message(message, vocab: Vocab, normalization: str) -> str:
-    """Normalise a message as the training text was, refusing what the model cannot read."""
+def check_message(message, vocab: Vocab, normalization: str, verbatim: bool = False) -> str:
+    """Normalise a message as the training text was, refusing what the model cannot read.
+    `verbatim`: the text is read as it is (text the model read before, e.g. a share link's
+    earlier conversation, which normalising again could change: runs of spaces)."""
     if not isinstance(message, str):
         raise ChatError(f"the message must be text, got {type(message).__name__}")
     if len(message) > MAX_MESSAGE_CHARS:
@@ -143,7 +191,7 @@ def check_message(message, vocab: Vocab, normalization: str) -> str:
     if SURROGATE.search(message):
         raise ChatError("the message holds a lone UTF-16 surrogate, which is not text: send "
                         "plain Unicode text")
-    text = normalize_prompt(message, normalization)
+    text = message if verbatim else read_as(message, vocab, normalization).text
     if not any(ch in vocab.token_to_idx for ch in text if not ch.isspace()):
         raise ChatError("the model cannot read any character of this message; it knows only: "
                         f"{describe_vocab(vocab)}")
@@ -163,6 +211,14 @@ class Turn:
     reply: str = ""
     open: bool = True        # still streaming; closed turns never grow again
     room: int = MAX_TRANSCRIPT_CHARS   # characters the reply may add within the transcript limit
+    changes: str = ""        # what normalisation changed in the message, in words (Reading)
+    settings: Settings | None = None   # what the reply was made with (set when it starts)
+    wanted: int = 0          # characters the reply was to have (within the transcript limit)
+
+    @property
+    def stopped(self) -> bool:
+        """Closed before it had all its characters (Stop, a newer message, New chat)."""
+        return not self.open and len(self.reply) < self.wanted
 
     @property
     def read(self) -> str:
@@ -238,18 +294,20 @@ class ChatSession:
         if self.turns:
             self.turns[-1].open = False
 
-    def start(self, message: str) -> Turn:
+    def start(self, message: str, verbatim: bool = False) -> Turn:
         """Validate a new message and open its turn; the previous reply, if still streaming,
-        stops. The caller reads `turn.read` into the state next (`feed` or `read`)."""
+        stops. The caller reads `turn.read` into the state next (`feed` or `read`).
+        `verbatim`: see check_message."""
         ckpt = self.ckpt
-        text = check_message(message, ckpt.vocab, ckpt.normalization)
+        text = check_message(message, ckpt.vocab, ckpt.normalization, verbatim)
+        changes = "" if verbatim else read_as(message, ckpt.vocab, ckpt.normalization).changes()
         self.close()
         transcript = self.transcript
         if len(self.turns) >= MAX_TURNS or len(transcript) + len(text) + 1 >= MAX_TRANSCRIPT_CHARS:
             raise ChatError(f"this conversation has reached its limit ({MAX_TURNS} turns or "
                             f"{MAX_TRANSCRIPT_CHARS:,} characters): press New chat to start again")
         sep = join_separator(transcript, text)
-        turn = Turn(message, sep, text, before=self.generator().snapshot())
+        turn = Turn(message, sep, text, before=self.generator().snapshot(), changes=changes)
         turn.room = MAX_TRANSCRIPT_CHARS - len(transcript) - len(turn.read)
         self.turns.append(turn)
         return turn
@@ -257,15 +315,22 @@ class ChatSession:
     def reply(self, turn: Turn, settings: Settings) -> Iterator[str]:
         """Generate up to `settings.length` characters into `turn` (fewer if the transcript
         would pass its limit), one at a time, each recorded in the transcript as it is
-        produced; nothing more once the turn is closed."""
+        produced; nothing more once the turn is closed. The turn records its settings and
+        the seeded generator is set up now, before the first character is asked for."""
         n = min(settings.length, turn.room)
+        turn.settings, turn.wanted = settings, n
+        if settings.seed is not None:
+            self.rng.manual_seed(settings.seed)
         chars = self.generator().generate(n, settings.temperature, settings.top_k, self.rng)
-        while turn.open:
-            ch = next(chars, None)
-            if ch is None:
-                return
-            turn.reply += ch
-            yield ch
+
+        def recorded():
+            while turn.open:
+                ch = next(chars, None)
+                if ch is None:
+                    return
+                turn.reply += ch
+                yield ch
+        return recorded()
 
     def undo(self) -> Turn | None:
         """Remove the last turn and rewind the state to before it; returns the removed turn."""
@@ -365,6 +430,21 @@ async def _park_when_idle(session: ChatSession, turn: Turn) -> None:
     async with session.lock:
         if session.turns and session.turns[-1] is turn and not turn.open:
             session.park()
+
+
+async def read_text(session: ChatSession, text: str) -> Turn:
+    """Read `text` verbatim into the session as a turn with no reply: the conversation
+    before a shared reply, so that the reply is made from the state that made it first."""
+    async with session.lock:
+        turn = session.start(text, verbatim=True)
+        try:
+            await session.read(turn.read)
+        except BaseException:   # cancelled or refused while reading: as if never sent
+            session.undo()
+            raise
+        turn.open = False
+        session.park()
+    return turn
 
 
 async def stream_reply(session: ChatSession, message: str, settings: Settings,

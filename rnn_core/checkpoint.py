@@ -48,6 +48,7 @@ MAX_JSON_BYTES = 2 << 20       # a 65,536-token vocabulary takes under 1 MB
 MAX_TRAINING_TEXT_BYTES = 64 << 20      # compressed, and again once decompressed (UTF-8)
 MAX_ABS_WEIGHT = 1e6           # keeps every logit finite (|logit| <= H * 1e6 + 1e6)
 UNK = "<unk>"
+MAX_PLOT_BYTES = 1 << 20       # the training curve (perplexity.png), shown on the app's page
 
 
 @dataclass
@@ -65,6 +66,18 @@ class Checkpoint:
         if isinstance(self.config, dict):  # a model built in memory: the sizes from the model
             sizes = {"vocab_size": len(self.vocab), "num_hiddens": self.net.num_hiddens}
             self.config = CheckpointConfig(**{**sizes, **self.config})
+
+    def plot(self) -> bytes | None:
+        """The training curve (perplexity.png) saved with the model, if its folder holds a
+        PNG of at most MAX_PLOT_BYTES; else None."""
+        path = self.folder / PLOT_NAME if self.folder else None
+        try:
+            if path is None or not path.is_file() or path.stat().st_size > MAX_PLOT_BYTES:
+                return None
+            data = path.read_bytes()
+        except OSError:
+            return None
+        return data if data.startswith(b"\x89PNG\r\n\x1a\n") else None
 
     @property
     def normalization(self) -> str:

@@ -29,7 +29,7 @@ from huggingface_hub.errors import (HfHubHTTPError, HFValidationError, LocalEntr
 from huggingface_hub.utils import validate_repo_id
 
 from .card import make_model_card
-from .checkpoint import (CARD_NAME, CONFIG_NAME, MAX_JSON_BYTES, MAX_PARAMETERS,
+from .checkpoint import (CARD_NAME, CONFIG_NAME, MAX_JSON_BYTES, MAX_PARAMETERS, MAX_PLOT_BYTES,
                          MAX_TRAINING_TEXT_BYTES, MODEL_FILES, PLOT_NAME, TRAINING_TEXT_NAME,
                          VOCAB_NAME, WEIGHTS_NAME, Checkpoint, CheckpointError, load_checkpoint,
                          read_config)
@@ -100,6 +100,10 @@ def download_checkpoint(repo_id: str, revision: str | None = None,
            f"vocab_size {V} and num_hiddens {H} need at most {max_bytes:,}")
     if config.training_text is not None:
         _download_training_text(repo_id, commit, asked)
+    try:   # the training curve, for people; a repo without one (or a bad one) still loads
+        _fetch(repo_id, PLOT_NAME, commit, asked, MAX_PLOT_BYTES)
+    except HubError:
+        pass
     return folder
 
 
@@ -111,6 +115,20 @@ def _download_training_text(repo_id: str, commit: str, asked: str) -> None:
         _fetch(repo_id, TRAINING_TEXT_NAME, commit, asked, MAX_TRAINING_TEXT_BYTES)
     except HubError:
         pass
+
+
+def hub_answers(timeout: float = 3.0) -> bool:
+    """Whether the Hub (HF_ENDPOINT) answers an HTTP request within `timeout` seconds,
+    whatever it says: a quick check, so that nobody waits through huggingface_hub's retries
+    (about 25 s) to learn the Hub is unreachable. Offline mode needs no Hub: True."""
+    if constants.is_offline_mode():
+        return True
+    try:
+        with httpx2.Client(timeout=timeout, follow_redirects=False) as client:
+            client.head(constants.ENDPOINT)
+        return True
+    except (httpx2.HTTPError, OSError):
+        return False
 
 
 def _fetch(repo_id: str, filename: str, revision: str | None, asked: str | None,
