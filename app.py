@@ -467,15 +467,26 @@ async def send_link(linked, message, length, temperature, top_k, seed, session):
 # ---------------------------------------------------------------- the page
 
 INTRO = f"""# Time Machine char-RNN
-The character-level RNN of [*Dive into Deep Learning* §8.5]({BOOK_URL}), written from scratch
-and trained on H. G. Wells' *The Time Machine*. Type the start of a sentence: it continues your
-text one character at a time. The whole conversation is **one continuous text** that the model
-keeps reading, so each reply follows everything said before (press *Whole text* to see it). It
-reads only the characters its training text had (the bundled model: lowercase letters and
-spaces); the line under your message says what it read and what it dropped."""
+The character-level RNN of [*Dive into Deep Learning* §8.5]({BOOK_URL}), trained on H. G. Wells'
+*The Time Machine*, continues whatever you type, one character at a time. The whole conversation
+is **one continuous text** that the model keeps reading (press *Whole text* to see it).
 
-THEME = gr.themes.Soft().set(
-    # WCAG AA contrast for the primary button in both themes.
+<details><summary>More about what it reads</summary>
+
+Each reply follows everything said before: the model's hidden state has read every message and
+every reply, in order. It reads only the characters its training text had (the bundled model:
+lowercase letters and spaces); the line under your message says what it read and what it dropped.
+Temperature 0 gives the book's own greedy `predict_ch8` continuation; a seed makes a sampled reply
+repeatable, and each reply's *Link* button reproduces it.
+</details>"""
+
+
+THEME = gr.themes.Soft().set(   # WCAG AA contrast (4.5:1) for small text, both themes
+    body_text_color_subdued="*neutral_600", body_text_color_subdued_dark="*neutral_300",
+    block_title_text_color="*primary_700", block_label_text_color="*primary_700",
+    input_placeholder_color="*neutral_500", input_placeholder_color_dark="*neutral_400",
+    link_text_color="*primary_700", link_text_color_dark="*primary_300",
+    link_text_color_visited="*primary_800", link_text_color_visited_dark="*primary_200",
     button_primary_background_fill="*primary_700", button_primary_background_fill_hover="*primary_800",
     button_primary_background_fill_dark="*primary_600",
     button_primary_background_fill_hover_dark="*primary_700")
@@ -497,11 +508,12 @@ def build() -> gr.Blocks:
                     label="Conversation")
                 with gr.Row(equal_height=True, elem_id="input-row"):
                     message = gr.Textbox(label="Message", show_label=False, scale=6, lines=1,
+                                         container=False,
                                          max_lines=6, elem_id="message", autofocus=False,
-                                         placeholder="Type the start of a sentence, then Enter")
-                    send = gr.Button("Send", variant="primary", scale=0, elem_id="send")
-                    stop = gr.Button("Stop", variant="stop", scale=0, elem_id="stop")
-                    jump = gr.Button("Settings", scale=0, elem_id="settings-jump",
+                                         placeholder="Start a sentence…")
+                    send = gr.Button("Send", variant="primary", scale=0, elem_id="send", size="md")
+                    stop = gr.Button("Stop", variant="stop", scale=0, elem_id="stop", size="md")
+                    jump = gr.Button("Settings", scale=0, elem_id="settings-jump", size="md",
                                      elem_classes="phone-only")
                 chat_error = gr.HTML("", elem_id="chat-error", elem_classes="line-error")
                 gr.HTML('<p id="busy-note" role="status" hidden>A reply is streaming: wait '

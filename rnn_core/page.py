@@ -42,10 +42,8 @@ def conversation_view(turns: list[Turn], streaming: bool = False, model: dict | 
 # ---------------------------------------------------------------- the page's look
 
 CSS = """
-/* Readable in both themes (WCAG AA): hints, min/max and labels in the body colour's shade. */
-.gradio-container { --body-text-color-subdued: var(--neutral-700); }
-.dark .gradio-container, .gradio-container.dark { --body-text-color-subdued: var(--neutral-300); }
 #intro p { margin: 0.25em 0; }
+#intro summary { cursor: pointer; min-height: 44px; display: list-item; }
 #model-card { font-size: var(--text-sm); }
 #model-card a, #intro a { text-decoration: underline; }
 .line-error p, .line-note p { margin: 0; font-size: var(--text-sm); }
@@ -68,10 +66,18 @@ body.rnn-streaming #send { display: none !important; }
 /* Sliders: a vertical swipe that starts on one scrolls the page. */
 input[type="range"] { touch-action: pan-y; }
 #plot img { max-height: 220px; object-fit: contain; }
+/* Fingers: every control at least 44 px tall. */
+@media (pointer: coarse), (max-width: 640px) {
+  input[type="text"], textarea { min-height: 44px !important; }
+  .tab-like-container:has(input[type="number"]) { height: 44px !important; }
+  input[type="number"] { height: 44px !important; padding: 0 6px !important; line-height: 44px; }
+  button.label-wrap { min-height: 44px !important; }
+}
 @media (max-width: 640px) {
   #input-row { flex-wrap: nowrap !important; gap: 6px; }
   #input-row > * { min-width: 0 !important; }
-  #send, #stop, #settings-jump { min-width: 64px; flex: 0 0 auto !important; }
+  #send, #stop, #settings-jump { min-width: 0 !important; padding: 0 12px !important;
+    flex: 0 0 auto !important; }
   #intro { font-size: var(--text-sm); }
 }
 """
@@ -132,6 +138,7 @@ CONVERSATION_CSS = """
 .rnn-chat .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden;
   clip: rect(0 0 0 0); white-space: nowrap; }
 @media (max-width: 640px) { .rnn-chat .scroller { height: 45vh; } }
+.rnn-chat .scroller:has(.empty:not([hidden])) { height: auto; min-height: 96px; }
 """
 
 # The script Gradio runs once when the view is mounted: `element` is the view's root, `props`
@@ -236,10 +243,14 @@ function drawBubbles(ts) {
       if (t.changes) {
         d.turn.appendChild(el('div', 'note', `The model read “${t.text.trim()}” — ${t.changes}.`));
       }
-      const bot = el('div', 'msg bot'); bot.dataset.testid = 'bot';
       d.text = el('span', 'text', '');
-      bot.appendChild(d.text);
-      d.turn.appendChild(bot);
+      if (t.settings) {   // a turn read with no reply (a share link's earlier text) has none
+        const bot = el('div', 'msg bot'); bot.dataset.testid = 'bot';
+        bot.appendChild(d.text);
+        d.turn.appendChild(bot);
+      } else {
+        user.title = 'the conversation before the shared reply';
+      }
       d.meta = el('div', 'meta');
       d.turn.appendChild(d.meta);
       log.appendChild(d.turn);
@@ -292,27 +303,32 @@ toggle.addEventListener('click', () => {
 root.querySelector('.copy-all').addEventListener('click', () => copy(transcript(turns()), 'Whole text'));
 
 // The message box: Enter while a reply streams says what to do (the message is kept);
-// Escape stops the reply. Focus it on load only where there is a real keyboard.
-const box = document.querySelector('#message textarea');
-const hint = document.querySelector('#preview');
-if (box) {
-  box.addEventListener('keydown', (e) => {
-    if (!streaming()) return;
-    if (e.key === 'Enter' && !e.shiftKey) {
-      e.preventDefault(); e.stopPropagation();
-      const note = document.querySelector('#busy-note');
-      if (note) { note.hidden = false; setTimeout(() => { note.hidden = true; }, 5000); }
-    } else if (e.key === 'Escape') {
-      const stop = document.querySelector('#stop'); if (stop) stop.click();
-    }
-  }, true);
-  if (matchMedia('(pointer: fine)').matches && !matchMedia('(hover: none)').matches) box.focus({preventScroll: true});
-}
-const jump = document.querySelector('#settings-jump');
-if (jump) jump.addEventListener('click', () => {
+// Escape stops the reply. (Listeners on the document: the box may mount after this view.)
+document.addEventListener('keydown', (e) => {
+  if (!e.target.closest || !e.target.closest('#message') || !streaming()) return;
+  if (e.key === 'Enter' && !e.shiftKey) {
+    e.preventDefault(); e.stopPropagation();
+    const note = document.querySelector('#busy-note');
+    if (note) { note.hidden = false; setTimeout(() => { note.hidden = true; }, 5000); }
+  } else if (e.key === 'Escape') {
+    const stop = document.querySelector('#stop'); if (stop) stop.click();
+  }
+}, true);
+document.addEventListener('click', (e) => {
+  if (!e.target.closest || !e.target.closest('#settings-jump')) return;
   const s = document.querySelector('#settings');
-  if (s) { s.scrollIntoView({behavior: 'smooth', block: 'start'}); const r = s.querySelector('input'); if (r) r.focus({preventScroll: true}); }
-});
+  if (s) { s.scrollIntoView({block: 'start'}); const r = s.querySelector('input'); if (r) r.focus({preventScroll: true}); }
+}, true);
+// Focus the box once it exists, only where there is a real keyboard (no autofocus on touch:
+// it would scroll the title away and open the on-screen keyboard).
+if (matchMedia('(pointer: fine)').matches && !matchMedia('(hover: none)').matches) {
+  let tries = 0;
+  const focusBox = () => {
+    const box = document.querySelector('#message textarea');
+    if (box) box.focus({preventScroll: true}); else if (tries++ < 50) setTimeout(focusBox, 100);
+  };
+  focusBox();
+}
 watch('value', render);
 render();
 """
