@@ -165,8 +165,7 @@ def read_as(message: str, vocab: Vocab, normalization: str) -> Reading:
     dropped = "".join(c for c in seen if c not in kept and c.lower() not in kept
                       and not c.isspace())
     lowercased = "".join(c for c in seen if c not in kept and c != c.lower() and c.lower() in kept)
-    unknown = "".join(c for c in dict.fromkeys(text)
-                      if c not in vocab.token_to_idx and not c.isspace())
+    unknown = "".join(c for c in dict.fromkeys(text) if c not in vocab.token_to_idx)
     return Reading(text, dropped, lowercased, unknown)
 
 

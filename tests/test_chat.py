@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from rnn_core.chat import (MAX_LENGTH, MAX_MESSAGE_CHARS, ChatError, ChatSession, ModelCache,
                            Pace, Settings, check_message, check_settings, join_separator,
-                           resolve_model_ref, stream_reply)
+                           read_as, read_text, resolve_model_ref, stream_reply)
+from bench.conversations import continuation
 from rnn_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from rnn_core.data import load_corpus, normalize_prompt
 from rnn_core.generation import predict_ch8
@@ -372,3 +373,62 @@ def test_first_update_is_immediate_even_during_a_burst():
 
     first, elapsed = asyncio.run(first_update())
     assert first and elapsed < 0.5 and pace.active == 0
+
+
+# ---------------------------------------------------------------- what the page shows (issue 15)
+
+def test_read_as_says_what_normalisation_dropped_and_lowercased():
+    r = read_as("Hello, World! 123", BOOK.vocab, "book")
+    assert r.text == normalize_prompt("Hello, World! 123", "book") == "hello world "
+    assert (r.dropped, r.lowercased, r.unknown) == (",!123", "HW", "")
+    assert r.changes() == "dropped: , ! 1 2 3; lowercased: H W"
+    assert read_as("the time", BOOK.vocab, "book").changes() == ""
+    raw = read_as("abc\tß", RAW.vocab, "raw")          # raw keeps everything; ß is not in its text
+    assert raw.text == "abc\tß" and raw.dropped == "" and raw.unknown == "\tß"
+    assert raw.changes() == "unknown to the model, read as <unk>: U+0009 ß"
+
+
+def test_a_turn_records_its_settings_and_whether_it_was_stopped():
+    session = ChatSession(BOOK, seed=0)
+    turn(session, "the time", Settings(30, 0.0, 0))
+    first = session.turns[-1]
+    assert first.settings == Settings(30, 0.0, 0) and not first.stopped
+    assert first.changes == ""
+    async def stopped_early():
+        stream = stream_reply(session, "The Machine!", Settings(500, 0.0, 0),
+                              Pace(chars_per_second=200, min_interval=0.01, max_interval=0.01))
+        await anext(stream)
+        await stream.aclose()
+    asyncio.run(stopped_early())
+    second = session.turns[-1]
+    assert second.stopped and 0 < len(second.reply) < 500
+    assert second.changes == "dropped: !; lowercased: T M"
+
+
+def test_a_seed_repeats_a_sampled_reply_whatever_came_before():
+    sampled = Settings(60, 1.0, 0, seed=1234)
+    a = ChatSession(BOOK)
+    b = ChatSession(BOOK)
+    turn(b, "said", Settings(20, 1.5, 0))             # b's generator has moved on...
+    b.reset()
+    assert turn(a, "the time", sampled) == turn(b, "the time", sampled)   # ...the seed decides
+    assert check_settings(10, 1.0, 0, 28, seed=7.0).seed == 7
+    for bad in (-1, 1.5, 2**32, "7", math.nan):
+        with pytest.raises(ChatError, match="seed must be"):
+            check_settings(10, 1.0, 0, 28, seed=bad)
+
+
+def test_text_read_verbatim_gives_the_state_of_the_conversation_it_came_from():
+    """A share link's earlier text is read as it is (runs of spaces kept), so the next reply
+    is the one the original conversation gave."""
+    original = ChatSession(BOOK)
+    turn(original, "the time", Settings(40, 0.0, 0))
+    original.turns[-1].reply += "  "                   # replies may hold runs of spaces
+    before = original.transcript
+    linked = ChatSession(BOOK)
+    asyncio.run(read_text(linked, before))
+    assert linked.transcript == before and linked.turns[-1].reply == ""
+    assert turn(linked, "was", GREEDY) == continuation(
+        BOOK, before + join_separator(before, "was") + "was", 40)
+    with pytest.raises(ChatError, match="cannot read any character"):
+        asyncio.run(read_text(ChatSession(BOOK), "123 !!"))
