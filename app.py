@@ -30,7 +30,7 @@ from rnn_core.card import BOOK_URL
 from rnn_core.chat import (MAX_LENGTH, MAX_SEED, MAX_SERVED_PARAMETERS, MAX_TEMPERATURE,
                            ChatError, ChatSession, LoadGate, ModelCache, Settings, check_message,
                            check_settings, describe_vocab, num_params, read_as, read_text,
-                           resolve_model_ref, stream_reply)
+                           resolve_model_ref, stream_reply, stream_together)
 from rnn_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from rnn_core.hub import hub_answers, load_from_hub, load_model
 from rnn_core.page import (CONVERSATION_CSS, CONVERSATION_HTML, CONVERSATION_JS, CSS,
@@ -464,6 +464,52 @@ async def send_link(linked, message, length, temperature, top_k, seed, session):
             yield update
 
 
+COMPARE_PANES = 3
+
+
+def model_name(ckpt: Checkpoint) -> str:
+    """A model's short name for a pane's label: repo@commit or the folder's name."""
+    return f"{ckpt.source}@{ckpt.commit[:8]}" if ckpt.commit else Path(ckpt.source).name
+
+
+async def compare(message, length, top_k, seed, third, *panes, request: gr.Request = None):
+    """The same message to two or three panes, each a fresh conversation with its own
+    temperature and model (empty: this tab's), one seed for all, streaming side by side.
+    `panes` is the temperatures, then the model references, then the session. Outputs: the
+    panes, then the error line."""
+    session = session_of(panes[-1])
+    temperatures, refs = panes[:COMPARE_PANES], panes[COMPARE_PANES:2 * COMPARE_PANES]
+    count = COMPARE_PANES if third else COMPARE_PANES - 1
+    runs, labels = [], []
+    try:
+        drawn = page_settings(session, length, 0, top_k, seed).seed
+        loaded: dict = {}
+        for i in range(count):
+            ref = refs[i].strip() if isinstance(refs[i], str) else ""
+            if ref and ref not in loaded:
+                loaded[ref] = await load_for(ref, None, visitor(request))
+            ckpt = loaded[ref] if ref else session.ckpt
+            settings = check_settings(length, temperatures[i], top_k, len(ckpt.vocab), drawn)
+            runs.append((ChatSession(ckpt), settings))
+            labels.append(f"Pane {i + 1}: {model_name(ckpt)} · temperature {settings.temperature:g}"
+                          + (f" · seed {drawn}" if settings.temperature > 0 else ""))
+    except (ChatError, CheckpointError) as e:
+        yield *[gr.skip()] * COMPARE_PANES, line(f"Not compared: {e}")
+        return
+    idle = [gr.Textbox(value="", label=f"Pane {COMPARE_PANES}: off")] * (COMPARE_PANES - count)
+    first = True
+    streams = [stream_reply(run, message, settings) for run, settings in runs]
+    async with aclosing(stream_together(streams)) as updates:
+        async for replies in updates:
+            texts = [r if isinstance(r, str) else f"(not answered: {public(str(r))})"
+                     for r in replies]
+            if first:
+                yield *[gr.Textbox(value=t, label=l) for t, l in zip(texts, labels)], *idle, CLEAR
+                first = False
+            else:
+                yield *texts, *[gr.skip()] * len(idle), CLEAR
+
+
 # ---------------------------------------------------------------- the page
 
 INTRO = f"""# Time Machine char-RNN
@@ -546,6 +592,30 @@ def build() -> gr.Blocks:
                     load = gr.Button("Load model", elem_id="load")
                     load_error = gr.HTML("", elem_id="load-error", elem_classes="line-error")
 
+        with gr.Accordion("Compare: one message, two or three settings or models, side by side",
+                          open=False, elem_id="compare"):
+            gr.Markdown("Each pane is a fresh conversation; Length, Top-k and Seed come from "
+                        "the settings above, one seed for all panes.")
+            with gr.Row(equal_height=True):
+                compare_message = gr.Textbox(label="Message to compare", scale=4, max_lines=3,
+                                             placeholder="e.g. the time traveller")
+                third = gr.Checkbox(True, label="Use pane 3", scale=1)
+                compare_button = gr.Button("Compare", variant="primary", scale=1)
+            compare_error = gr.HTML("", elem_id="compare-error", elem_classes="line-error")
+            pane_temperatures, pane_models, pane_texts = [], [], []
+            with gr.Row():
+                for i, t in enumerate((0.0, 0.5, 1.0)):
+                    with gr.Column(min_width=220):
+                        pane_temperatures.append(gr.Slider(
+                            0, MAX_TEMPERATURE, value=t, step=0.05, buttons=[],
+                            label=f"Temperature, pane {i + 1}"))
+                        pane_models.append(gr.Textbox(
+                            label=f"Model, pane {i + 1}", max_lines=1,
+                            placeholder="empty: this tab's; or owner/name, checkpoints/NAME"))
+                        pane_texts.append(gr.Textbox(
+                            label=f"Pane {i + 1}", lines=6, max_lines=12, interactive=False,
+                            buttons=["copy"], elem_classes="pane"))
+
         settings = [length, temperature, top_k, seed, session]
         sent = [conversation, message, chat_error, typed, session]
         chatting = gr.on([message.submit, send.click], respond, [message, *settings], sent,
@@ -583,6 +653,12 @@ def build() -> gr.Blocks:
             send_link, [linked, message, *settings], sent, api_visibility="private",
             concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat", show_progress="hidden",
             preprocess=False, postprocess=False)
+
+        gr.on([compare_button.click, compare_message.submit], compare,
+              [compare_message, length, top_k, seed, third, *pane_temperatures, *pane_models,
+               session], [*pane_texts, compare_error], api_visibility="private",
+              concurrency_limit=CHAT_CONCURRENCY // COMPARE_PANES, concurrency_id="compare",
+              show_progress="hidden", trigger_mode="once", preprocess=False)
 
         # The API: /chat(message, length, temperature, top_k) streams the reply as plain
         # text; /load_model(ref, revision) and /new_chat as before the page had its own.

@@ -486,6 +486,35 @@ async def stream_reply(session: ChatSession, message: str, settings: Settings,
             pass
 
 
+async def stream_together(streams: list[AsyncIterator[str]], interval: float = 0.05
+                          ) -> AsyncIterator[list[str | ChatError]]:
+    """Several reply streams at once (the page's compare): yields every stream's reply so far,
+    about every `interval` seconds, the last time when all have ended. A stream refused or
+    failing with a ChatError shows that error in its place; the others go on."""
+    latest: list[str | ChatError] = [""] * len(streams)
+
+    async def drain(i: int, stream: AsyncIterator[str]) -> None:
+        try:
+            async for reply in stream:
+                latest[i] = reply
+        except ChatError as e:
+            latest[i] = e
+        finally:
+            await stream.aclose()
+
+    tasks = [asyncio.ensure_future(drain(i, s)) for i, s in enumerate(streams)]
+    try:
+        while not all(t.done() for t in tasks):
+            await asyncio.wait(tasks, timeout=interval)
+            yield list(latest)
+        for t in tasks:
+            t.result()   # a bug in a stream is raised, not hidden
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 # ---------------------------------------------------------------- models
 
 HUB_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$", re.ASCII)

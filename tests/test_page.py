@@ -208,12 +208,15 @@ def test_the_whole_text_view_is_the_transcript(browser, site, bundled, look):
     whole = page.locator("#chat .whole")
     expect(whole).to_be_visible()
     assert whole.inner_text() == transcript
+    first, second = (normalize_prompt(m, "book") for m, _ in turns)
     assert page.locator("#chat .whole .you").all_text_contents() == \
-        ["time traveller", " said the psychologist "]
+        [first, join_separator(first + turns[0][1], second) + second]
     shot(page, "whole-text", look)
     page.get_by_role("button", name="Copy whole text").click()
     expect(page.locator("#chat .tool-note")).to_have_text("Whole text copied.")
     assert page.evaluate("navigator.clipboard.readText()") == transcript
+    page.get_by_role("button", name="Whole text", exact=True).click()     # back to bubbles
+    expect(page.locator("#chat .log")).to_be_visible()
     page.get_by_role("button", name="Copy reply 2").click()
     assert page.evaluate("navigator.clipboard.readText()") == turns[1][1]
 
@@ -417,3 +420,43 @@ def test_a_bad_share_link_says_why(browser, site):
     expect(page.locator("#chat-error")).to_contain_text("This link cannot be opened: the link's "
                                                         "temperature is not a number")
     assert replies(page) == []
+
+
+# ---------------------------------------------------------------- 11. compare
+
+@pytest.mark.parametrize("look", ["desktop-light", "phone-dark"])
+def test_compare_streams_every_pane_side_by_side(browser, site, bundled, look):
+    page = open_page(browser, site, look)
+    set_slider(page, "Length", 120)
+    page.get_by_text("Compare: one message").click()
+    page.get_by_label("Model, pane 2").fill("checkpoints/timemachine-rnn512")   # by name
+    page.get_by_label("Message to compare").fill("The Time Traveller")
+    page.get_by_role("button", name="Compare", exact=True).click()
+    panes = page.locator("#compare .pane textarea")
+    samples = []
+    for _ in range(6):
+        time.sleep(0.25)
+        samples.append(panes.evaluate_all("ts => ts.map(t => t.value.length)"))
+    assert any(0 < min(s) and max(s) < 120 for s in samples), samples     # all three mid-stream
+    page.wait_for_function("""[...document.querySelectorAll('#compare .pane textarea')]
+        .every(t => t.value.length === 120)""", timeout=60000)
+    texts = panes.evaluate_all("ts => ts.map(t => t.value)")
+    labels = page.locator("#compare .pane [data-testid=block-info]").all_inner_texts()
+    assert labels[0] == "Pane 1: timemachine-rnn512 · temperature 0"
+    seed = int(re.search(r"seed (\d+)$", labels[2]).group(1))
+    assert labels[1] == f"Pane 2: timemachine-rnn512 · temperature 0.5 · seed {seed}"
+    read = normalize_prompt("The Time Traveller", "book")
+    assert texts[0] == continuation(bundled, read, 120)
+    for text, t in zip(texts[1:], (0.5, 1.0)):
+        assert text == generate_text(bundled.net, bundled.vocab, read, 120, "book", t, 0,
+                                     seed)[len(read):]
+    assert len(set(texts)) == 3
+    page.locator("#compare").scroll_into_view_if_needed()
+    shot(page, "compare", look)
+
+    # A model that cannot be loaded: a line under Compare, the panes as they were.
+    page.get_by_label("Model, pane 2").fill("nobody/nothing")
+    page.get_by_role("button", name="Compare", exact=True).click()
+    expect(page.locator("#compare-error")).to_contain_text(f"Not compared: {UNREACHABLE}",
+                                                           timeout=5000)
+    assert panes.evaluate_all("ts => ts.map(t => t.value)") == texts
