@@ -10,6 +10,7 @@ The conversation logic lives in rnn_core/chat.py; this file is the page and its 
 from __future__ import annotations
 
 import base64
+import copy
 import ctypes
 import gc
 import html
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import anyio
 import gradio as gr
+from gradio import state_holder
 import torch
 from huggingface_hub import constants
 from starlette.middleware import Middleware
@@ -285,22 +287,31 @@ async def new_chat(session):
     return [], session
 
 
-async def load_other_model(ref, revision, session, request: gr.Request = None):
-    """Switch this session (only) to a Hub repo id or a folder under checkpoints/ (load_for).
-    The model is loaded and its card made before anything changes, so a failed load changes
-    nothing."""
-    session = session_of(session)
+async def switch_model(ref, revision, session: ChatSession, who: str) -> tuple[Checkpoint, str]:
+    """Switch this session (only) to a Hub repo id or a folder under checkpoints/ (load_for);
+    returns the model and its card. Both are made before anything changes, so a failed load
+    changes nothing; refusals are logged and raised."""
     try:
-        ckpt = await load_for(ref, revision, visitor(request))
+        ckpt = await load_for(ref, revision, who)
         card = model_card(ckpt)
     except (ChatError, CheckpointError) as e:
         log.warning("refused a model load for one session (%r at revision %r): %s", ref,
                     revision, e)
+        raise
+    async with session.lock:
+        session.use(ckpt)
+    return ckpt, card
+
+
+async def load_other_model(ref, revision, session, request: gr.Request = None):
+    """/load_model: (card, empty conversation, top-k slider, session); refusals are errors."""
+    session = session_of(session)
+    try:
+        ckpt, card = await switch_model(ref, revision, session, visitor(request))
+    except (ChatError, CheckpointError) as e:
         raise refused(e, "Model not loaded: ") from None
     except Exception as e:
         raise failed(e, "loading the model") from None
-    async with session.lock:
-        session.use(ckpt)
     return card, [], gr.Slider(maximum=len(ckpt.vocab)), session
 
 
@@ -402,17 +413,12 @@ async def load_on_page(ref, revision, session, request: gr.Request = None):
     line, session). A refusal is the error line; everything else stays as it was."""
     session = session_of(session)
     try:
-        ckpt = await load_for(ref, revision, visitor(request))
-        card = model_card(ckpt)
+        ckpt, card = await switch_model(ref, revision, session, visitor(request))
     except (ChatError, CheckpointError) as e:
-        log.warning("refused a model load for one session (%r at revision %r): %s", ref,
-                    revision, e)
         return *[gr.skip()] * 4, line(f"Model not loaded: {e}"), gr.skip()
     except Exception as e:
         log.exception("loading the model failed")
         return *[gr.skip()] * 4, line(failure(e, "loading the model")), gr.skip()
-    async with session.lock:
-        session.use(ckpt)
     return (card, plot_html(ckpt), view(session), gr.Slider(maximum=len(ckpt.vocab)), CLEAR,
             session)
 
@@ -432,9 +438,8 @@ async def open_link(session, request: gr.Request = None):
     try:
         ckpt = session.ckpt
         if query.get("model"):
-            ckpt = await load_for(query["model"], query.get("revision"), visitor(request))
-        async with session.lock:
-            session.use(ckpt)
+            ckpt, _ = await switch_model(query["model"], query.get("revision"), session,
+                                         visitor(request))
         numbers = {}
         for name in ("length", "temperature", "top_k", "seed"):
             if query.get(name, "") != "":
@@ -689,6 +694,25 @@ def too_few_inputs(block_fn, inputs: list) -> None:
         raise gr.Error(f"{block_fn.api_name or block_fn.name} takes {len(block_fn.inputs)} values "
                        f"({names}) but got {len(inputs)}; gradio_client fills in the state",
                        print_exception=False)
+
+
+class SessionRecord(state_holder.SessionState):
+    """Gradio's per-visitor record (one per browser tab or API client) without its eager copy
+    of every block's config: Gradio makes one at each new session for deep links, which this
+    app does not offer, and for this page's ~70 blocks that was the largest cost of admitting
+    a session (64 arriving at once waited ~2x as long for their first character). Configs are
+    made when an event updates a block, as Gradio does for blocks it did not copy."""
+
+    def __init__(self, blocks):
+        self.blocks_config = copy.copy(blocks.default_config)
+        self.config_values = {}
+        self.state_data = {}
+        self._state_ttl = {}
+        self.is_closed = False
+        self.STATE_TTL_WHEN_CLOSED = 1 if os.getenv("GRADIO_IS_E2E_TEST") else 3600
+
+
+state_holder.SessionState = SessionRecord
 
 
 class NoUploads:

@@ -4,6 +4,7 @@ the test Hub server (tests/hub_server.py).
 """
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -248,6 +249,20 @@ def test_a_failed_load_says_why_and_changes_nothing(app, tiny, ref, revision, re
     assert reason in str(e.value) and "\n" not in str(e.value)
     log.append(("machine", chat(client, "machine")))
     replay(tiny, log)
+
+
+def test_the_page_shows_a_hub_models_curve_and_links_its_hub_page(app, hub, tiny_checkpoint):
+    """The page's Load (not the API): the card links the model's Hub page, and the training
+    curve the repo holds (perplexity.png) is shown; a repo without one loads without it."""
+    plot = (tiny_checkpoint / "perplexity.png").read_bytes()
+    hub.put_commit("user/plot-rnn", {**checkpoint_files(tiny_checkpoint), "perplexity.png": plot})
+    card, shown, *_ = raw_call(app, "load_on_page", ["user/plot-rnn", "", None])[-1]["output"]["data"]
+    commit = hub.head("user/plot-rnn")
+    assert f"Hub repo user/plot\\-rnn at commit {commit[:12]} ([its Hub page]({hub.url}/user/plot-rnn))" in card
+    assert f'src="data:image/png;base64,{base64.b64encode(plot).decode()}"' in shown
+    assert 'alt="Training curve' in shown
+    card, shown, *_ = raw_call(app, "load_on_page", ["user/tiny-rnn", "", None])[-1]["output"]["data"]
+    assert "user/tiny\\-rnn" in card and shown == ""
 
 
 def test_bundled_folder_can_be_loaded_by_name(app, bundled_checkpoint):

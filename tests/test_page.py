@@ -114,6 +114,12 @@ def transcript_of(messages_and_replies, normalization="book") -> str:
     return text
 
 
+def one_reply(page: Page, message: str, length: int = 30) -> str:
+    set_slider(page, "Length", length)
+    send(page, message)
+    return wait_idle(page, 1)
+
+
 def state(page: Page) -> dict:
     """What a visitor sees of the conversation, the settings and the model card."""
     return {"conversation": page.locator("#chat .msg").all_inner_texts(),
@@ -130,9 +136,7 @@ def state(page: Page) -> dict:
 @pytest.mark.parametrize("look", LOOKS)
 def test_errors_are_a_line_and_leave_the_page_as_it_was(browser, site, look):
     page = open_page(browser, site, look)
-    set_slider(page, "Length", 30)
-    send(page, "time traveller")
-    wait_idle(page, 1)
+    one_reply(page, "time traveller")
     before = state(page)
     assert before["error_pills"] == 0 and all(before["sliders_visible"])
 
@@ -313,9 +317,7 @@ def test_a_phone_is_comfortable(browser, site, look):
         const t = document.querySelector('#message textarea'); c.font = getComputedStyle(t).font;
         return c.measureText({placeholder!r}).width < t.clientWidth; }})()""")
     shot(page, "phone-start", look)
-    set_slider(page, "Length", 20)
-    send(page, "time traveller")
-    wait_idle(page, 1)
+    one_reply(page, "time traveller", 20)
     chat = page.locator("#chat .scroller").bounding_box()
     assert 0.3 * 844 <= chat["height"] <= 0.5 * 844      # then about half the screen
     shot(page, "phone-reply", look)
@@ -336,9 +338,7 @@ def test_a_phone_is_comfortable(browser, site, look):
 @pytest.mark.parametrize("look", LOOKS)
 def test_axe_finds_no_serious_or_critical_violation(browser, site, look):
     page = open_page(browser, site, look)
-    set_slider(page, "Length", 30)
-    send(page, "Hello, World!")
-    wait_idle(page, 1)
+    one_reply(page, "Hello, World!")
     page.get_by_text("Load another model").click()
     results = Axe().run(page)
     bad = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:5])
