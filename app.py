@@ -136,10 +136,10 @@ def model_card(ckpt: Checkpoint) -> str:
 
 
 def plot_html(ckpt: Checkpoint) -> str:
-    """The training curve saved with the model (perplexity.png), inline; "" if it has none."""
+    """The training curve saved with the model (perplexity.png), inline; CLEAR if none."""
     png = ckpt.plot()
     if png is None:
-        return ""
+        return CLEAR
     return ('<figure style="margin:0"><img alt="Training curve: perplexity per epoch on the '
             f'training text and on held-out text" src="data:image/png;base64,'
             f'{base64.b64encode(png).decode()}"><figcaption>Training curve (perplexity.png)'

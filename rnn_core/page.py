@@ -91,6 +91,7 @@ CONVERSATION_HTML = """
   </div>
   <div class="scroller" tabindex="0" role="region" aria-label="Conversation">
     <div class="log" role="log" aria-live="off" aria-busy="false" aria-label="Conversation, message by message"></div>
+    <p class="legend" hidden>Underlined: your messages, as the model read them. The rest: its replies.</p>
     <p class="whole" hidden aria-label="Conversation as one text"></p>
     <p class="empty">Replies stream here. The whole conversation is one text the model keeps reading.</p>
   </div>
@@ -125,6 +126,7 @@ CONVERSATION_CSS = """
   background: var(--button-secondary-background-fill); color: var(--body-text-color);
   min-height: 44px; min-width: 44px; padding: 4px 10px; cursor: pointer; font-size: var(--text-sm); }
 .rnn-chat .stopped { font-weight: 600; }
+.rnn-chat .legend { font-size: var(--text-sm); margin: 0 0 6px; color: var(--body-text-color); }
 .rnn-chat .whole { white-space: pre-wrap; overflow-wrap: anywhere; margin: 0; line-height: 1.6; }
 .rnn-chat .whole .you { background: var(--color-accent-soft); text-decoration: underline; }
 .rnn-chat .streaming-turn .msg.bot .text::after { content: "▍"; animation: rnn-blink 1s steps(1) infinite; }
@@ -296,7 +298,7 @@ newText.addEventListener('click', toBottom);
 toggle.addEventListener('click', () => {
   const on = toggle.getAttribute('aria-pressed') !== 'true';
   toggle.setAttribute('aria-pressed', String(on));
-  whole.hidden = !on; log.hidden = on;
+  whole.hidden = !on; log.hidden = on; root.querySelector('.legend').hidden = !on;
   if (on) { wholeDrawn = ''; drawWhole(turns()); }
   toBottom();
 });
@@ -314,6 +316,12 @@ document.addEventListener('keydown', (e) => {
     const stop = document.querySelector('#stop'); if (stop) stop.click();
   }
 }, true);
+const keyboard = matchMedia('(pointer: fine)').matches && !matchMedia('(hover: none)').matches;
+document.addEventListener('click', (e) => {   // an example is sent: typing goes on in the box
+  if (keyboard && e.target.closest && e.target.closest('.example-row button')) {
+    const box = document.querySelector('#message textarea'); if (box) box.focus({preventScroll: true});
+  }
+}, true);
 document.addEventListener('click', (e) => {
   if (!e.target.closest || !e.target.closest('#settings-jump')) return;
   const s = document.querySelector('#settings');
@@ -321,7 +329,7 @@ document.addEventListener('click', (e) => {
 }, true);
 // Focus the box once it exists, only where there is a real keyboard (no autofocus on touch:
 // it would scroll the title away and open the on-screen keyboard).
-if (matchMedia('(pointer: fine)').matches && !matchMedia('(hover: none)').matches) {
+if (keyboard) {
   let tries = 0;
   const focusBox = () => {
     const box = document.querySelector('#message textarea');

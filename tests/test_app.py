@@ -258,11 +258,12 @@ def test_the_page_shows_a_hub_models_curve_and_links_its_hub_page(app, hub, tiny
     hub.put_commit("user/plot-rnn", {**checkpoint_files(tiny_checkpoint), "perplexity.png": plot})
     card, shown, *_ = raw_call(app, "load_on_page", ["user/plot-rnn", "", None])[-1]["output"]["data"]
     commit = hub.head("user/plot-rnn")
-    assert f"Hub repo user/plot\\-rnn at commit {commit[:12]} ([its Hub page]({hub.url}/user/plot-rnn))" in card
+    assert f"Hub repo user/plot-rnn at commit {commit[:12]} ([its Hub page]({hub.url}/user/plot-rnn))" \
+        in plain(card)
     assert f'src="data:image/png;base64,{base64.b64encode(plot).decode()}"' in shown
     assert 'alt="Training curve' in shown
     card, shown, *_ = raw_call(app, "load_on_page", ["user/tiny-rnn", "", None])[-1]["output"]["data"]
-    assert "user/tiny\\-rnn" in card and shown == ""
+    assert "Hub repo user/tiny-rnn" in plain(card) and "<img" not in shown
 
 
 def test_bundled_folder_can_be_loaded_by_name(app, bundled_checkpoint):

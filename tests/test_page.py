@@ -360,6 +360,7 @@ def test_an_example_is_sent_on_click(browser, site):
     page = open_page(browser, site)
     page.get_by_role("button", name="the medical man", exact=True).click()
     expect(page.locator('#chat [data-testid="user"]')).to_have_text(["the medical man"])
+    expect(box(page)).to_be_focused()          # typing goes on in the box, not on the example
     wait_idle(page, 1)
 
 
