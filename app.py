@@ -446,7 +446,8 @@ async def open_link(session, request: gr.Request = None):
                 try:
                     numbers[name] = float(query[name])
                 except ValueError:
-                    raise ChatError(f"the link's {name} is not a number: {query[name][:40]!r}")
+                    raise ChatError(f"the link's {name} is not a number: "
+                                    f"{query[name][:40]!r}") from None
         settings = check_settings(numbers.get("length", 200), numbers.get("temperature", 0.7),
                                   numbers.get("top_k", 0), len(ckpt.vocab), numbers.get("seed"))
         if query.get("before"):
@@ -564,7 +565,7 @@ def build() -> gr.Blocks:
                                          placeholder="Start a sentence…")
                     send = gr.Button("Send", variant="primary", scale=0, elem_id="send", size="md")
                     stop = gr.Button("Stop", variant="stop", scale=0, elem_id="stop", size="md")
-                    jump = gr.Button("Settings", scale=0, elem_id="settings-jump", size="md",
+                    gr.Button("Settings", scale=0, elem_id="settings-jump", size="md",
                                      elem_classes="phone-only")
                 chat_error = gr.HTML("", elem_id="chat-error", elem_classes="line-error")
                 gr.HTML('<p id="busy-note" role="status" hidden>A reply is streaming: wait '

@@ -51,7 +51,8 @@ CSS = """
 .dark .line-error p { color: #fda29b; }
 #preview p { margin: 0; font-size: var(--text-sm); overflow-wrap: anywhere; }
 /* Message lines take no room while empty. */
-.line-error:not(:has(p)), #preview:not(:has(p)), .line-note:not(:has(p:not([hidden]))) { display: none !important; }
+.line-error:not(:has(p)), #preview:not(:has(p)),
+.line-note:not(:has(p:not([hidden]))) { display: none !important; }
 .example-row { flex-wrap: wrap !important; align-items: center; gap: 8px !important; }
 .example-row > * { flex: 0 0 auto !important; min-width: 0 !important; width: auto !important; }
 .example-row button { white-space: nowrap; }
@@ -90,7 +91,8 @@ CONVERSATION_HTML = """
     <span class="tool-note" aria-live="polite"></span>
   </div>
   <div class="scroller" tabindex="0" role="region" aria-label="Conversation">
-    <div class="log" role="log" aria-live="off" aria-busy="false" aria-label="Conversation, message by message"></div>
+    <div class="log" role="log" aria-live="off" aria-busy="false"
+         aria-label="Conversation, message by message"></div>
     <p class="legend" hidden>Underlined: your messages, as the model read them. The rest: its replies.</p>
     <p class="whole" hidden aria-label="Conversation as one text"></p>
     <p class="empty">Replies stream here. The whole conversation is one text the model keeps reading.</p>
@@ -116,10 +118,12 @@ CONVERSATION_CSS = """
 .rnn-chat .turn { margin-bottom: 12px; }
 .rnn-chat .msg { white-space: pre-wrap; overflow-wrap: anywhere; padding: 8px 12px;
   border-radius: 12px; max-width: 92%; width: fit-content; line-height: 1.5; }
-.rnn-chat .msg.user { margin-left: auto; background: var(--color-accent-soft); color: var(--body-text-color); }
+.rnn-chat .msg.user { margin-left: auto; background: var(--color-accent-soft);
+  color: var(--body-text-color); }
 .rnn-chat .msg.bot { background: var(--background-fill-primary); color: var(--body-text-color);
   border: 1px solid var(--border-color-primary); }
-.rnn-chat .note, .rnn-chat .meta { font-size: var(--text-sm); color: var(--body-text-color); margin: 2px 4px; }
+.rnn-chat .note, .rnn-chat .meta { font-size: var(--text-sm); color: var(--body-text-color);
+  margin: 2px 4px; }
 .rnn-chat .note { text-align: right; }
 .rnn-chat .meta { display: flex; gap: 6px; align-items: center; flex-wrap: wrap; }
 .rnn-chat .meta button { border: 1px solid var(--border-color-primary); border-radius: 8px;
@@ -186,7 +190,10 @@ async function copy(text, what) {
 function shareLink(i) {
   const ts = turns(), t = ts[i], s = t.settings, model = props.value.model;
   const q = new URLSearchParams();
-  if (model && model.ref) { q.set('model', model.ref); if (model.revision) q.set('revision', model.revision); }
+  if (model && model.ref) {
+    q.set('model', model.ref);
+    if (model.revision) q.set('revision', model.revision);
+  }
   const before = transcript(ts, i);
   if (before) q.set('before', before);
   q.set('message', t.message);
@@ -199,7 +206,8 @@ function metaText(t) {
   const s = t.settings;
   if (!s) return '';
   const sampled = s.temperature > 0 ? ` · seed ${s.seed}` : '';
-  return `${t.reply.length} characters · temperature ${s.temperature}${s.top_k ? ' · top-k ' + s.top_k : ''}${sampled}`;
+  const topk = s.top_k ? ` · top-k ${s.top_k}` : '';
+  return `${t.reply.length} characters · temperature ${s.temperature}${topk}${sampled}`;
 }
 function drawMeta(d, t, i, last) {
   const key = JSON.stringify([t.stopped, t.open, t.settings, t.reply.length, last, streaming()]);
@@ -217,7 +225,8 @@ function drawMeta(d, t, i, last) {
   const link = el('button', 'link', 'Link'); link.type = 'button';
   link.setAttribute('aria-label', `Copy a link that reproduces reply ${n}`);
   if (transcript(turns(), i).length > 2000) {
-    link.disabled = true; link.title = 'The conversation before this reply is too long for a link (2,000 characters at most).';
+    link.disabled = true;
+    link.title = 'The conversation before this reply is too long for a link (2,000 characters at most).';
   }
   link.onclick = () => copy(shareLink(i), `Link to reply ${n}`);
   d.meta.appendChild(link);
@@ -236,7 +245,10 @@ function drawBubbles(ts) {
   while (drawn.length > ts.length) { drawn.pop().turn.remove(); }
   ts.forEach((t, i) => {
     let d = drawn[i];
-    if (d && d.message !== t.message + '\u0000' + t.text) { while (drawn.length > i) drawn.pop().turn.remove(); d = undefined; }
+    if (d && d.message !== t.message + '\u0000' + t.text) {   // an undone turn's place reused
+      while (drawn.length > i) drawn.pop().turn.remove();
+      d = undefined;
+    }
     if (!d) {
       d = {turn: el('div', 'turn'), message: t.message + '\u0000' + t.text};
       const user = el('div', 'msg user'); user.dataset.testid = 'user';
@@ -325,7 +337,10 @@ document.addEventListener('click', (e) => {   // an example is sent: typing goes
 document.addEventListener('click', (e) => {
   if (!e.target.closest || !e.target.closest('#settings-jump')) return;
   const s = document.querySelector('#settings');
-  if (s) { s.scrollIntoView({block: 'start'}); const r = s.querySelector('input'); if (r) r.focus({preventScroll: true}); }
+  if (!s) return;
+  s.scrollIntoView({block: 'start'});
+  const r = s.querySelector('input');
+  if (r) r.focus({preventScroll: true});
 }, true);
 // Focus the box once it exists, only where there is a real keyboard (no autofocus on touch:
 // it would scroll the title away and open the on-screen keyboard).

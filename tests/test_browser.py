@@ -85,6 +85,7 @@ def test_chat_in_the_browser(browser, bundled_app, bundled_checkpoint):
 
     # An example is sent at once; the reply grows while it streams.
     page.get_by_role("button", name="time traveller", exact=True).click()
+    wait_reply(page, 1, 1)                                           # streaming has begun
     samples = []
     for _ in range(8):
         time.sleep(0.2)

@@ -22,9 +22,10 @@ from rnn_core.chat import join_separator
 from rnn_core.checkpoint import load_checkpoint
 from rnn_core.data import normalize_prompt
 from rnn_core.generation import generate_text
+import test_browser
 from test_app import AppServer, continuation
-from test_browser import CHROMIUM, CHROMIUM_ARGS, browser  # noqa: F401  (the browser fixture)
 
+browser = test_browser.browser   # Debian's chromium, headless (the same fixture)
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "artifacts" / "page"
 UNREACHABLE = "The Hugging Face Hub cannot be reached; the current model stays loaded"
@@ -273,7 +274,8 @@ def test_scrolling_back_while_a_reply_streams_stays_put(browser, site, look):
     send(page, "the time traveller")
     scroller = page.locator("#chat .scroller")
     page.wait_for_function("""() => { const s = document.querySelector('#chat .scroller');
-        return s.scrollHeight > s.clientHeight + 100 && document.body.classList.contains('rnn-streaming'); }""",
+        return s.scrollHeight > s.clientHeight + 100
+               && document.body.classList.contains('rnn-streaming'); }""",
         timeout=60000)
     assert scroller.evaluate("s => s.scrollHeight - s.scrollTop - s.clientHeight") < 40  # followed
     scroller.evaluate("s => s.scrollTop = 0")
@@ -323,12 +325,16 @@ def test_a_phone_is_comfortable(browser, site, look):
     shot(page, "phone-reply", look)
     page.get_by_role("button", name="Settings", exact=True).click()
     expect(page.get_by_label("range slider for Length")).to_be_in_viewport()
-    assert page.evaluate("getComputedStyle(document.querySelector('input[type=range]')).touchAction") == "pan-y"
+    assert page.locator("input[type=range]").first.evaluate("r => getComputedStyle(r).touchAction") \
+        == "pan-y"
     shot(page, "phone-settings", look)
     # Every control a finger uses is at least 44 px tall.
-    small = page.evaluate("""[...document.querySelectorAll('.gradio-container button, .gradio-container textarea, .gradio-container input:not([type=range])')]
+    small = page.evaluate("""[...document.querySelectorAll(
+            '.gradio-container button, .gradio-container textarea,'
+            + ' .gradio-container input:not([type=range])')]
         .filter(e => e.offsetParent !== null && !e.closest('footer') && !e.closest('.hidden-api'))
-        .map(e => [e.getAttribute('aria-label') || e.innerText || e.tagName, e.getBoundingClientRect().height])
+        .map(e => [e.getAttribute('aria-label') || e.innerText || e.tagName,
+                   e.getBoundingClientRect().height])
         .filter(([n, h]) => h < 44)""")
     assert small == [], small
 
