@@ -214,7 +214,7 @@ function drawMeta(d, t, i, last) {
   if (d.metaKey === key) return;
   d.metaKey = key;
   d.meta.replaceChildren();
-  if (t.open) return;
+  if (t.open || !t.settings) return;   // streaming, or read with no reply: nothing to act on
   if (t.stopped) d.meta.appendChild(el('span', 'stopped', '■ stopped'));
   d.meta.appendChild(el('span', 'settings', metaText(t)));
   const n = i + 1;
