@@ -18,6 +18,7 @@ from rnn_core.chat import (MAX_LENGTH, MAX_MESSAGE_CHARS, ChatError, ChatSession
                            read_as, read_text, resolve_model_ref, stream_reply)
 from bench.conversations import continuation
 from rnn_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from rnn_core.config import CheckpointConfig
 from rnn_core.data import load_corpus, normalize_prompt
 from rnn_core.generation import predict_ch8
 from rnn_core.model import RNNModelScratch
@@ -38,7 +39,8 @@ def memory_checkpoint(text: str, normalization: str, num_hiddens: int = 24,
     with torch.no_grad():
         for p in net.parameters():
             p.mul_(60)
-    config = {"vocab_size": len(vocab), "num_hiddens": num_hiddens, "normalization": normalization}
+    config = CheckpointConfig(vocab_size=len(vocab), num_hiddens=num_hiddens,
+                              normalization=normalization)
     return Checkpoint(net.eval().requires_grad_(False), vocab, config, source="memory")
 
 
