@@ -195,18 +195,24 @@ def visitor(request: gr.Request | None) -> str:
 
 async def load_for(ref, revision, who: str) -> Checkpoint:
     """A model a visitor asked for: a Hub repo id or a folder under checkpoints/. Hub loads
-    are refused at once when the Hub does not answer, pass LOAD_GATE and are answered within
-    LOAD_TIMEOUT; folders and models already in memory need no slot. Refusals are ChatError
-    or CheckpointError."""
+    pass LOAD_GATE, are refused within HUB_PROBE_TIMEOUT when the Hub does not answer, and
+    are answered within LOAD_TIMEOUT; folders and models already in memory need no slot.
+    Refusals are ChatError or CheckpointError."""
     ref, revision = resolve_model_ref(ref, revision, CHECKPOINTS)
     ckpt = MODELS.cached(ref, revision)
     if ckpt is not None:
         return ckpt
     if Path(ref).is_absolute():
         return await anyio.to_thread.run_sync(MODELS.get, ref, revision)
-    if not await anyio.to_thread.run_sync(hub_answers, HUB_PROBE_TIMEOUT):
-        raise ChatError(HUB_UNREACHABLE)
     LOAD_GATE.enter(who)
+    try:
+        answers = await anyio.to_thread.run_sync(hub_answers, HUB_PROBE_TIMEOUT)
+    except BaseException:
+        LOAD_GATE.leave(who)
+        raise
+    if not answers:
+        LOAD_GATE.leave(who)
+        raise ChatError(HUB_UNREACHABLE)
 
     def load():
         try:
