@@ -29,11 +29,13 @@ from huggingface_hub import constants
 from starlette.middleware import Middleware
 
 from rnn_core.card import BOOK_URL
+from rnn_core.cells import describe
 from rnn_core.chat import (MAX_LENGTH, MAX_SEED, MAX_SERVED_PARAMETERS, MAX_TEMPERATURE,
                            ChatError, ChatSession, LoadGate, ModelCache, Settings, check_message,
                            check_settings, describe_vocab, num_params, read_as, read_text,
                            resolve_model_ref, stream_reply, stream_together)
-from rnn_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from rnn_core.checkpoint import (Checkpoint, CheckpointError, Summary, checkpoint_folders,
+                                 load_checkpoint)
 from rnn_core.hub import hub_answers, load_from_hub, load_model
 from rnn_core.page import (CONVERSATION_CSS, CONVERSATION_HTML, CONVERSATION_JS, CSS,
                            conversation_view, turn_view)
@@ -117,7 +119,8 @@ def model_source(ckpt: Checkpoint) -> str:
                 f"([its Hub page]({constants.ENDPOINT}/{ckpt.source}))")
     path = Path(ckpt.source).resolve()
     name = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
-    return f"{md_escape(name)}{' (bundled with the app)' if path == BUNDLED else ' (local folder)'}"
+    where = " (bundled with the app)" if path.parent == CHECKPOINTS else " (local folder)"
+    return f"{md_escape(name)}{where}"
 
 
 def model_card(ckpt: Checkpoint) -> str:
@@ -129,7 +132,8 @@ def model_card(ckpt: Checkpoint) -> str:
            f"so {ppl} is not the book's 1.0, which is measured on the 10,000 training characters "
            "the book's model memorises." if ppl != "not measured" else "")
     return (f"**Model:** {model_source(ckpt)}  \n"
-            f"{ckpt.config.num_hiddens} hidden units · {num_params(ckpt):,} parameters · "
+            f"{describe(ckpt.net.arch, ckpt.net.num_layers, ckpt.net.num_hiddens)}"
+            f" · {num_params(ckpt):,} parameters · "
             f"validation perplexity {ppl}  \n"
             f"**Vocabulary** ({len(ckpt.vocab)} tokens, `{ckpt.normalization}` normalisation): "
             f"{md_escape(describe_vocab(ckpt.vocab))}{why}")
@@ -144,6 +148,31 @@ def plot_html(ckpt: Checkpoint) -> str:
             f'training text and on held-out text" src="data:image/png;base64,'
             f'{base64.b64encode(png).decode()}"><figcaption>Training curve (perplexity.png)'
             '</figcaption></figure>')
+
+
+def bundled_models() -> list[dict]:
+    """Every model bundled under checkpoints/ with its cell, size and validation figures
+    (unreadable folders left out)."""
+    models = []
+    for folder in checkpoint_folders(CHECKPOINTS):
+        try:
+            summary = Summary.of(folder)
+        except CheckpointError:
+            continue
+        models.append({"ref": f"checkpoints/{folder.name}", **vars(summary)})
+    return models
+
+
+def bundled_label(m: dict) -> str:
+    """One line for the list: name, cell and size, parameters, training text, validation figure."""
+    figure = f"validation perplexity {m['val_perplexity']:.2f}" if m["val_perplexity"] else \
+        "no validation figure"
+    return (f"{m['name']} · {describe(m['arch'], m['num_layers'], m['num_hiddens'])} · "
+            f"{m['num_params']:,} parameters · {m['data']}, {figure}")
+
+
+BUNDLED_MODELS = bundled_models()
+
 
 
 CLEAR = "<span></span>"   # an empty line (the page does not apply an empty string)
@@ -291,6 +320,15 @@ async def new_chat(session):
             session.use(DEFAULT)
         session.reset()
     return [], session
+
+
+def list_bundled_models() -> list[dict]:
+    """The models bundled with the app: for each, `ref` (what /load_model takes), `name`,
+    `arch` (rnn, gru or lstm), `num_layers`, `num_hiddens`, `num_params`, the training text
+    (`data`) and its validation figures (`val_perplexity`, `val_loss` in nats per character;
+    null where not measured)."""
+    return BUNDLED_MODELS
+
 
 
 async def switch_model(ref, revision, session: ChatSession, who: str) -> tuple[Checkpoint, str]:
@@ -596,6 +634,10 @@ def build() -> gr.Blocks:
                                   "(shown under it); the same seed repeats a sampled reply")
                 card = gr.Markdown(DEFAULT_CARD, elem_id="model-card", label="model")
                 plot = gr.HTML(plot_html(DEFAULT), elem_id="plot")
+                bundled = gr.Dropdown([(bundled_label(m), m["ref"]) for m in BUNDLED_MODELS],
+                                      value=None, label="Bundled models", elem_id="bundled",
+                                      info="pick one for this tab: its cell, size and "
+                                           "validation figure")
                 with gr.Accordion("Load another model (for this tab only)", open=False):
                     ref = gr.Textbox(label="Hub repo id or local folder",
                                      placeholder="owner/name or checkpoints/NAME")
@@ -665,6 +707,12 @@ def build() -> gr.Blocks:
             send_link, [linked, message, *settings], sent, api_visibility="private",
             concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat", show_progress="hidden",
             preprocess=False, postprocess=False)
+        no_revision = gr.State("")
+        bundled.input(load_on_page, [bundled, no_revision, session],
+                      [card, plot, conversation, top_k, load_error, session],
+                      api_visibility="private", concurrency_limit=16, concurrency_id="load",
+                      cancels=[chatting, retrying], preprocess=False)
+        gr.api(list_bundled_models, api_name="bundled_models")
 
         gr.on([compare_button.click, compare_message.submit], compare,
               [compare_message, length, top_k, seed, third, *pane_temperatures, *pane_models,

@@ -1,7 +1,9 @@
-"""Train the scratch RNN of D2L §8.5 and write a checkpoint folder.
+"""Train the scratch RNN of D2L §8.5 (or a GRU §9.1, LSTM §9.2, deep §9.3) and write a checkpoint folder.
 
     python train.py                                  # the book's run: 512 hidden, 500 epochs, 10k chars
     python train.py --use-random-iter                # the book's random-sampling run
+    python train.py --arch gru --num-hiddens 256     # the book's §9.1 run (--arch lstm: §9.2)
+    python train.py --data shakespeare --val-fraction 0.1 --arch lstm --max-time 140 ...
     python train.py --max-tokens 0 --val-fraction 0.1 --num-epochs 50 --out runs/full
     python train.py --resume runs/full --num-epochs 80   # continue a run exactly
     python train.py --push-to-hub user/timemachine-rnn   # train, then share on the Hub
@@ -27,6 +29,7 @@ import shlex
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -35,22 +38,25 @@ from tqdm import tqdm
 from rnn_core.checkpoint import (CARD_NAME, PLOT_NAME, TRAINING_TEXT_NAME, CheckpointError,
                                  check_model_size, check_out_folder, load_checkpoint,
                                  pack_training_text, recover_interrupted_save, save_checkpoint)
+from rnn_core.cells import ARCHS, MAX_LAYERS
 from rnn_core.config import CheckpointConfig
-from rnn_core.data import (NORMALIZATIONS, DataError, download_time_machine, load_corpus,
-                           min_corpus_length, normalize_text, read_text, sha1_of, SeqDataLoader)
+from rnn_core.data import (DATASETS, NORMALIZATIONS, DataError, load_corpus, min_corpus_length,
+                           normalize_text, read_text, sha1_of, split_corpus, SeqDataLoader)
 from rnn_core.distributed import DistributedError, Group, pick_device, resume_command, say, start
 from rnn_core.generation import predict_ch8
 from rnn_core.model import RNNModelScratch
 from rnn_core.resume import TrainingState, load_training_state
 from rnn_core.runlock import LockedError, RunLock
-from rnn_core.training import (KERNELS, OPTIMIZERS, Interrupted, NonFiniteLossError, StopSignals,
-                               make_updater, train_ch8)
+from rnn_core.training import (KERNELS, OPTIMIZERS, Interrupted, NonFiniteLossError, Schedule,
+                               StopSignals, evaluate_loss, loss_line, make_updater, num_streams,
+                               train_ch8)
 
 EXIT_REFUSED, EXIT_NONFINITE, EXIT_PUSH_FAILED, EXIT_SAVE_FAILED, EXIT_PEER_FAILED = 2, 3, 4, 5, 6
 HUB_FLAGS = ("push_to_hub", "private", "commit_message", "revision", "push_only")
-RUN_SETTINGS = ("num_hiddens", "batch_size", "num_steps", "lr", "num_epochs", "max_tokens",
-                "use_random_iter", "seed", "data", "normalize", "device", "val_fraction",
-                "optimizer", "kernel", "save_every")  # what training_state.json records
+RUN_SETTINGS = ("num_hiddens", "arch", "num_layers", "dropout", "batch_size", "num_steps", "lr",
+                "num_epochs", "max_tokens", "use_random_iter", "seed", "data", "normalize",
+                "device", "val_fraction", "val_streams", "max_time", "min_lr", "optimizer",
+                "kernel", "save_every")  # what training_state.json records
 RESUMABLE = ("num_epochs", "out", "data", "device", "save_every", "resume")  # --resume may set these
 
 
@@ -59,20 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=__doc__.split("\n\n")[-1].strip(),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--num-hiddens", type=int, default=512, help="hidden units H")
+    p.add_argument("--arch", default="rnn",
+                   help=f"the cell: {', '.join(ARCHS)} (§8.5 RNN, §9.1 GRU, §9.2 LSTM)")
+    p.add_argument("--num-layers", type=int, default=1, help="stacked layers (§9.3)")
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="char-rnn dropout on each layer's output, in [0, 1) (training only)")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per minibatch")
     p.add_argument("--num-steps", type=int, default=35, help="time steps per sequence (BPTT length)")
     p.add_argument("--lr", type=float, default=1.0, help="learning rate")
     p.add_argument("--num-epochs", type=int, default=None,
                    help="passes over the text (default 500; with --resume, the saved run's)")
-    p.add_argument("--max-tokens", type=int, default=10000,
-                   help="train on the first N characters (the book: 10000); 0 or less: the whole text")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="train on the first N characters (default: the book's 10000; "
+                        "shakespeare: all); 0 or less: the whole text")
     p.add_argument("--use-random-iter", action="store_true",
                    help="random sampling instead of sequential partitioning")
     p.add_argument("--seed", type=int, default=0, help="seeds Python's random and torch")
     p.add_argument("--data", type=Path, default=None,
-                   help="a UTF-8 text file; default: download the book's timemachine.txt (sha1-checked)")
-    p.add_argument("--normalize", choices=NORMALIZATIONS, default="book",
-                   help="book: letters only, lowercase (the book); raw: keep every character")
+                   help=f"a UTF-8 text file, or {' / '.join(DATASETS)} (downloaded once, "
+                        "sha1-checked); default: the book's timemachine")
+    p.add_argument("--normalize", choices=NORMALIZATIONS, default=None,
+                   help="book: letters only, lowercase (the book's, the default); raw: keep every "
+                        "character (the default for shakespeare)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when available, else cpu")
     p.add_argument("--out", type=Path, default=None,
@@ -80,7 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder); only a new or empty folder or a checkpoint of this project is "
                         "ever replaced")
     p.add_argument("--val-fraction", type=float, default=0.0,
-                   help="hold out the last fraction of the text for validation perplexity")
+                   help="hold out the last fraction F of the text for validation, as nanoGPT: "
+                        "train on the first int((1 - F) n) characters")
+    p.add_argument("--val-streams", type=int, default=32,
+                   help="the final validation reads the held-out text as this many contiguous "
+                        "streams, state carried")
+    p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+                   help="stop training at this wall-clock budget (from the command's start, at a "
+                        "minibatch boundary), then evaluate and save")
+    p.add_argument("--min-lr", type=float, default=None,
+                   help="decay the learning rate along a cosine to this value over the run "
+                        "(or over --max-time); default: constant, as the book")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
                    help="sgd: the book's updater; adam: torch.optim.Adam (try --lr 0.002)")
     p.add_argument("--kernel", choices=KERNELS, default="fast",
@@ -113,13 +137,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad settings before any work starts."""
-    for name in ("num_hiddens", "batch_size", "num_steps", "num_epochs", "save_every"):
+    for name in ("num_hiddens", "batch_size", "num_steps", "num_epochs", "save_every", "val_streams"):
         if getattr(args, name) < 1:
             raise DataError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not args.lr > 0 or args.lr == float("inf"):
         raise DataError(f"--lr must be a positive number, got {args.lr}")
+    if args.arch not in ARCHS:
+        raise DataError(f"--arch must be one of {', '.join(ARCHS)}, got {args.arch!r}")
+    if not 1 <= args.num_layers <= MAX_LAYERS:
+        raise DataError(f"--num-layers must be from 1 to {MAX_LAYERS}, got {args.num_layers}")
+    if not 0 <= args.dropout < 1:
+        raise DataError(f"--dropout must be in [0, 1), got {args.dropout}")
     if not 0 <= args.val_fraction < 1:
         raise DataError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if args.max_time is not None and not 0 < args.max_time < float("inf"):
+        raise DataError(f"--max-time must be a positive number of seconds, got {args.max_time}")
+    if args.min_lr is not None and not 0 <= args.min_lr <= args.lr:
+        raise DataError(f"--min-lr must be from 0 to --lr ({args.lr}), got {args.min_lr}")
     if not -2 ** 63 <= args.seed < 2 ** 64:
         raise DataError(f"--seed must be an integer from -2**63 to 2**64-1 (what torch accepts), "
                         f"got {args.seed}")
@@ -137,7 +171,23 @@ def check_out(out: Path) -> None:
         raise DataError(f"--out {out} cannot be written ({e.strerror}); choose another path") from None
 
 
+def dataset_of(args: argparse.Namespace):
+    """The named text `--data` asks for (`data.DATASETS`: timemachine when none), or None for
+    a file."""
+    return DATASETS.get(str(args.data) if args.data is not None else "timemachine")
+
+
+def fill_dataset_defaults(args: argparse.Namespace) -> None:
+    """--normalize and --max-tokens not given: the named text's defaults (the book's for a file)."""
+    dataset = dataset_of(args) or DATASETS["timemachine"]
+    if args.normalize is None:
+        args.normalize = dataset.normalization
+    if args.max_tokens is None:
+        args.max_tokens = dataset.max_tokens
+
+
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
     args = parse_args(argv)
     hub = argparse.Namespace(**{k: vars(args).pop(k) for k in HUB_FLAGS})  # not part of the run
     group = start()  # this process's place in a torchrun run; without torchrun, the only one
@@ -188,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         if lock is not None:
             for note in filter(None, [lock.note, *recover_interrupted_save(out)]):
                 print(note if note.startswith("note: ") else f"note: {note}", file=sys.stderr)
-        return train(args, out, hub, group)
+        return train(args, out, hub, group, started)
     except (DataError, CheckpointError) as e:
         return refuse(f"error: {e}")
     finally:
@@ -196,16 +246,20 @@ def main(argv: list[str] | None = None) -> int:
             lock.__exit__(None, None, None)
 
 
-def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: Group) -> int:
+def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: Group,
+          started: float) -> int:
     """Prepare the run (a new one, or --resume), train it, save it; returns the exit status.
-    Under torchrun, `group` is this process's place in the run: rank 0 prints and writes."""
+    Under torchrun, `group` is this process's place in the run: rank 0 prints and writes.
+    `started`: when the command started (perf_counter), what --max-time counts from."""
     state, saved_vocab = None, None
     if args.resume is not None:
         args, state, saved_vocab = resume_settings(args)
     args.num_epochs = 500 if args.num_epochs is None else args.num_epochs
     args.out = out
+    fill_dataset_defaults(args)
     check_args(args)
     path, data_sha1, text, corpus, vocab = read_data(args, state, saved_vocab)
+    dataset = dataset_of(args)
     if state is not None and args.num_epochs <= state.epoch:
         if args.num_epochs < state.epoch:
             raise DataError(f"--resume {args.resume}: the run already has {state.epoch} epochs; "
@@ -214,14 +268,14 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
             f"to do (pass --num-epochs N with N > {state.epoch} to train longer)")
         return 0
     try:
-        check_model_size(len(vocab), args.num_hiddens)
+        check_model_size(len(vocab), args.num_hiddens, args.arch, args.num_layers, args.dropout)
     except CheckpointError as e:
         raise DataError(f"this run would write a checkpoint the loader refuses ({e}): use a smaller "
                         "--num-hiddens, or --normalize book / a text with fewer distinct "
                         "characters") from None
 
-    num_val = int(len(corpus) * args.val_fraction)
-    train_corpus, val_corpus = corpus[:len(corpus) - num_val], corpus[len(corpus) - num_val:]
+    train_corpus, val_corpus = split_corpus(corpus, args.val_fraction)
+    num_val = len(val_corpus)
     need = min_corpus_length(args.batch_size, args.num_steps, args.use_random_iter)
     if len(train_corpus) < need:
         raise DataError(f"the training text has {len(train_corpus)} characters but one minibatch "
@@ -238,12 +292,14 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
 
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    net = RNNModelScratch(len(vocab), args.num_hiddens, device)
+    net = RNNModelScratch(len(vocab), args.num_hiddens, device, args.arch, args.num_layers,
+                          args.dropout)
     updater = make_updater(net, args.optimizer, args.lr)
     history = []
     run_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                 if k not in ("resume", "out")}
-    run_args["data"] = str(path) if args.data else None  # local, for --resume; never pushed
+    run_args["data"] = (str(args.data) if dataset else str(path)) if args.data else None  # local,
+    # for --resume; never pushed
     if state is not None:
         with torch.no_grad():
             for name, p in net.named_parameters():
@@ -258,7 +314,7 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
     meta = {"data_name": path.name, "data_sha1": data_sha1, "device": str(device),
             "num_train_tokens": len(train_corpus), "num_val_tokens": num_val,
             "processes": group.world_size,
-            "command": reproducing_command(run_args, path.name)}
+            "command": reproducing_command(run_args, str(args.data) if dataset else path.name)}
     # The text the model trains on, carried in the checkpoint for the memorisation check.
     training_text, text_entry = pack_training_text(
         normalize_text(text, args.normalize)[:len(train_corpus)])
@@ -298,6 +354,11 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
                      f"{saved_state(saved_epoch, args.out)}; training goes on and the next save "
                      "tries again")
 
+    steps_per_epoch = max(1, len(train_corpus) // (args.batch_size * args.num_steps))
+    schedule = Schedule(updater, args.lr, args.min_lr, args.num_epochs * steps_per_epoch,
+                        args.max_time, started, len(history) * steps_per_epoch)
+    prefix = (dataset or DATASETS["timemachine"]).prefix
+    prefixes = ("time traveller", "traveller") if prefix == "time traveller" else (prefix,)
     resume_hint = f"continue with: {resume_command(group, args.out)}"
     status = 0
     group.hold_signals()
@@ -308,7 +369,8 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
                       vocab, args.lr, args.num_epochs, device, args.use_random_iter,
                       updater=updater, start_epoch=len(history), val_corpus=val_corpus,
                       batch_size=args.batch_size, num_steps=args.num_steps,
-                      on_epoch=on_epoch, log=log, kernel=args.kernel, group=group)
+                      on_epoch=on_epoch, log=log, kernel=args.kernel, group=group,
+                      schedule=schedule, prefixes=prefixes)
     except Interrupted as e:
         bar.close()
         how = "interrupted" if e.signum == signal.SIGINT else f"stopped by {e}"
@@ -338,6 +400,13 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
     else:
         bar.close()
         done = f"saved checkpoint to {args.out}"
+        if schedule.stopped_at is not None:
+            meta["stopped_at_seconds"] = round(schedule.stopped_at, 3)
+            meta["longest_step_seconds"] = round(schedule.longest_step, 3)
+        if num_val:  # the run's figure, on the whole held-out text
+            nats = evaluate_loss(net, val_corpus, args.val_streams, args.num_steps, device, group)
+            meta["final_val_loss"] = nats
+            meta["val_streams"] = num_streams(len(val_corpus), args.val_streams, args.num_steps)
     try:
         with StopSignals() as stop, stop.deferred():  # a second Ctrl-C waits for the save
             try:
@@ -349,17 +418,23 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
                 return EXIT_SAVE_FAILED
     except Interrupted as e:  # raised once the save is complete
         status = status or e.exit_status
-    if group.is_main or status == EXIT_PEER_FAILED:
-        print(done, file=sys.stderr if status else sys.stdout)
     if status or not group.is_main:
+        if group.is_main or status == EXIT_PEER_FAILED:
+            print(done, file=sys.stderr if status else sys.stdout)
         return status
+    if num_val:  # with a validation split the run ends with its figure
+        print(done, file=sys.stderr)
+        print(loss_line(meta["final_val_loss"]))
+    else:
+        print(done)
     return push(args.out, hub) if hub.push_to_hub else 0
 
 
 def read_data(args: argparse.Namespace, state: TrainingState | None, saved_vocab):
     """The training text (its path, sha1, text) and its corpus and vocabulary; on --resume,
     the very text the run was trained on (by sha1) and the saved vocabulary, or a refusal."""
-    path = Path(args.data).resolve() if args.data else download_time_machine()
+    dataset = dataset_of(args)
+    path = dataset.download() if dataset else Path(args.data).resolve()
     data_sha1 = sha1_of(path) if path.is_file() else None
     if state is not None and state.data_sha1 and data_sha1 != state.data_sha1:
         raise DataError(f"--resume {args.resume}: the run was trained on a text with sha1 "
@@ -415,6 +490,8 @@ def settings_argv(settings: dict, data_name: str | None = None) -> list[str]:
     """A run's settings as command-line flags (`--flag=value`; flags at their default left
     out); `data_name` replaces the --data path (to record a run without local paths)."""
     defaults = vars(build_parser().parse_args([]))
+    text = DATASETS.get(str(settings.get("data"))) or DATASETS["timemachine"]
+    defaults.update(normalize=text.normalization, max_tokens=text.max_tokens)
     argv = []
     for key, value in settings.items():
         if key == "data" and value is not None and data_name is not None:
@@ -454,16 +531,17 @@ def checkpoint_config(args: argparse.Namespace, snap: TrainingState, meta: dict)
                 "tokens_per_sec": history[-1].speed if history else None,
                 "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "versions": versions}
-    return {"normalization": args.normalize, "training": training}
+    return {"arch": args.arch, "num_layers": args.num_layers, "dropout": args.dropout,
+            "normalization": args.normalize, "training": training}
 
 
 def card_and_plot(snap: TrainingState, vocab, args, meta) -> dict[str, bytes]:
     """The model card (with a greedy sample) and the perplexity plot: written at the end of a
     run, not with every periodic checkpoint (they cost far more than the weights)."""
     from rnn_core.card import make_model_card
-    net = RNNModelScratch(len(vocab), args.num_hiddens, "cpu")
-    net.load_state_dict({k: v.cpu() for k, v in snap.weights.items()})
-    sample = predict_ch8("time traveller", 50, net, vocab, "cpu")
+    net = RNNModelScratch.from_weights({k: v.cpu() for k, v in snap.weights.items()},
+                                       args.arch, args.num_layers, args.dropout)
+    sample = predict_ch8((dataset_of(args) or DATASETS["timemachine"]).prefix, 50, net, vocab, "cpu")
     # How the card tells users to load it: the folder as given, unless that is absolute
     # (a local path has no place in a card that may be shared).
     ref = str(args.out) if not args.out.is_absolute() else args.out.name

@@ -27,6 +27,7 @@ one (the first lines printed say what is in force):
     python bench/train_throughput.py              # 2 warm-up + 9 measured rounds
     python bench/train_throughput.py --threads 1  # pin torch's thread count
     python bench/train_throughput.py --quick      # smoke test: 1 + 2 rounds
+    python bench/train_throughput.py --arch lstm  # the ch. 9 cells instead (see train_cells)
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from common import book_text, isa_info, machine_info, summary
 
 from rnn_core.data import DataError, load_corpus, read_text, SeqDataLoader
 from rnn_core.fast import FastRNN, candidates, onednn_available, onednn_prepack_available
+from rnn_core.fast_cells import FastCells
 from rnn_core.model import RNNModelScratch
 from rnn_core.training import make_updater, train_epoch_ch8
 
@@ -122,11 +124,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="characters of the text to train on (the book: 10000, 8 minibatches)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 1 warm-up + 2 rounds of 2 minibatches each")
+    p.add_argument("--arch", choices=("rnn", "gru", "lstm"), default="rnn",
+                   help="gru / lstm: the ch. 9 contenders instead (train_cells)")
+    p.add_argument("--num-layers", type=int, default=1, help="layers, for --arch gru / lstm")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.warmup, args.max_tokens = 2, 1, 2 * BATCH * STEPS + STEPS + 1
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.arch != "rnn":
+        return train_cells(args)
     try:
         text = read_text(args.data or book_text())
     except DataError as e:
@@ -173,6 +180,84 @@ def main(argv: list[str] | None = None) -> int:
           "start-up (train.py does the same)")
     print(f"(ppl: training perplexity of the last epoch, {args.warmup + args.rounds} epochs "
           "from the same start; the scratch contenders see the same weights and minibatches)")
+    return 0
+
+
+
+# ---------------------------------------------------------------- the ch. 9 cells (GRU, LSTM)
+
+CELL_HIDDEN = 256  # the book's §9.1 / §9.2 runs
+
+
+class CellModelConcise(nn.Module):
+    """The book's concise §9.1 / §9.2 model: d2l's `RNNModel` around `nn.GRU` / `nn.LSTM`
+    (oneDNN-backed on CPU), its state a tuple like the scratch model's."""
+
+    def __init__(self, arch: str, vocab_size: int, num_hiddens: int, num_layers: int = 1):
+        super().__init__()
+        layer = {"gru": nn.GRU, "lstm": nn.LSTM}[arch]
+        self.rnn, self.vocab_size = layer(vocab_size, num_hiddens, num_layers), vocab_size
+        self.linear = nn.Linear(num_hiddens, vocab_size)
+
+    def forward(self, inputs, state):
+        X = F.one_hot(inputs.T.long(), self.vocab_size).to(torch.float32)
+        Y, state = self.rnn(X, state[0] if isinstance(self.rnn, nn.GRU) else state)
+        return self.linear(Y.reshape((-1, Y.shape[-1]))), (state,) if isinstance(self.rnn, nn.GRU) else state
+
+    def begin_state(self, batch_size, device):
+        zeros = torch.zeros((self.rnn.num_layers, batch_size, self.rnn.hidden_size), device=device)
+        return (zeros,) if isinstance(self.rnn, nn.GRU) else (zeros, zeros.clone())
+
+
+def cell_contenders(arch: str, vocab_size: int, num_layers: int) -> dict:
+    """name -> (net, updater, forward): the book's scratch cell (its forward and autograd),
+    the concise nn.GRU / nn.LSTM, and rnn_core.fast_cells.FastCells; the scratch ones start
+    from the same weights."""
+    title = arch.upper()
+    torch.manual_seed(0)
+    book = RNNModelScratch(vocab_size, CELL_HIDDEN, arch=arch, num_layers=num_layers)
+    torch.manual_seed(0)
+    concise = CellModelConcise(arch, vocab_size, CELL_HIDDEN, num_layers)
+    torch.manual_seed(0)
+    fast = RNNModelScratch(vocab_size, CELL_HIDDEN, arch=arch, num_layers=num_layers)
+    return {f"book scratch {title}": (book, make_updater(book, "sgd", LR), None),
+            f"nn.{title} + nn.Linear": (concise, torch.optim.SGD(concise.parameters(), lr=LR), None),
+            "fast (FastCells)": (fast, make_updater(fast, "sgd", LR), FastCells(fast))}
+
+
+def train_cells(args) -> int:
+    """Tokens/sec of the §9.1 / §9.2 settings (H 256, batch 32, 35 steps, lr 1, the first
+    10,000 characters, sequential), interleaved rounds, ratios within each round."""
+    try:
+        text = read_text(args.data or book_text())
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    corpus, vocab = load_corpus(text, "book", args.max_tokens)
+    train_iter = SeqDataLoader(corpus, BATCH, STEPS)
+    nets = cell_contenders(args.arch, len(vocab), args.num_layers)
+    loss = nn.CrossEntropyLoss()
+    print(f"training throughput, {args.arch.upper()} x {args.num_layers} layer(s): batch 32, "
+          f"35 steps, H {CELL_HIDDEN}, V {len(vocab)}, sequential, BPTT + clipping + SGD")
+    print(machine_info())
+    print(isa_info())
+    speeds = {name: [] for name in nets}
+    ppl = {}
+    for r in range(args.warmup + args.rounds):
+        for name, (net, updater, forward) in nets.items():
+            random.seed(r)
+            ppl[name], speed = train_epoch_ch8(net, train_iter, loss, updater, "cpu", False,
+                                               forward)
+            if r >= args.warmup:
+                speeds[name].append(speed)
+    book, concise = list(speeds.values())[:2]
+    print(f"\n{'contender':<26} {'tokens/sec: median [min–max]':<36} {'x book':>8} "
+          f"{'x concise':>10} {'ppl':>7}")
+    for name, values in speeds.items():
+        vs_book = statistics.median(v / b for v, b in zip(values, book))
+        vs_concise = statistics.median(v / c for v, c in zip(values, concise))
+        print(f"{name:<26} {summary(values):<36} {vs_book:>7.2f}x {vs_concise:>9.2f}x "
+              f"{ppl[name]:>7.2f}")
     return 0
 
 

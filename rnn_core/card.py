@@ -8,9 +8,10 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .cells import describe, get_cell, param_shapes
 from .config import CheckpointConfig
 
-BOOK_URL = "https://d2l.ai/chapter_recurrent-neural-networks/rnn-scratch.html"
+BOOK_URL = get_cell("rnn").url  # §8.5
 
 TEMPLATE = """---
 {{ card_data }}
@@ -18,12 +19,13 @@ TEMPLATE = """---
 
 # {{ model_name }}
 
-A character-level RNN written from scratch as in *Dive into Deep Learning* §8.5
-(`H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h)`, `Y_t = H_t W_hq + b_q`), trained with
+A character-level {{ cell }} written from scratch as in *Dive into Deep Learning*
+{{ section }}{{ deep }} (`{{ formula }}`, `Y = H W_hq + b_q`), trained with
 truncated backpropagation through time, gradient clipping and {{ optimizer }}.
 
 | | |
 |---|---|
+| cell | {{ structure }} |
 | hidden units | {{ num_hiddens }} |
 | vocabulary | {{ vocab_size }} tokens (`{{ normalization }}` normalisation) |
 | parameters | {{ num_params }} |
@@ -48,7 +50,7 @@ truncated backpropagation through time, gradient clipping and {{ optimizer }}.
 
 ## How to use
 
-The model is the book's ([§8.5]({{ book_url }})). Its weights load with this project's
+The model is the book's ([{{ section }}]({{ book_url }})). Its weights load with this project's
 library, `rnn_core`, which checks every file before use. Code: {{ code }}.
 
 ```python
@@ -63,8 +65,8 @@ print(rnn.perplexity("the time traveller smiled"))       # 1 = perfect predictio
 rnn-core generate --model {{ model_ref }} --prefix "time traveller" --num-preds 50
 ```
 
-The weights (`model.safetensors`: float32 `W_xh`, `W_hh`, `b_h`, `W_hq`, `b_q`) also drop
-into the book's `RNNModelScratch`: `net.params = [W_xh, W_hh, b_h, W_hq, b_q]`, with
+The weights (`model.safetensors`: float32 {{ weight_names }}) also drop
+into the book's `RNNModelScratch`: `net.params = [{{ book_params }}]`, with
 `vocab.json` as `idx_to_token`.
 """
 
@@ -103,7 +105,8 @@ def make_model_card(config: CheckpointConfig, sample: str, model_ref: str = "pat
         license="mit",
         language=["en"] if config.normalization == "book" else None,
         pipeline_tag="text-generation",
-        tags=["char-rnn", "d2l", "rnn", "text-generation", "from-scratch", "safetensors"],
+        tags=["char-rnn", "d2l", *dict.fromkeys(["rnn", config.arch]),
+              "text-generation", "from-scratch", "safetensors"],
         # No `datasets:` list: the training text is a local file, not a Hub dataset, and the
         # Hub would link any id listed there. The file's name and sha1 are in the table below.
         model_name=model_ref,
@@ -112,10 +115,19 @@ def make_model_card(config: CheckpointConfig, sample: str, model_ref: str = "pat
                                  metric_type="perplexity", metric_name=f"{split} perplexity",
                                  metric_value=round(float(metric), 4))] if metric else None,
     )
+    V, H = config.vocab_size, config.num_hiddens
+    arch, L, dropout = config.arch, config.num_layers, config.dropout
+    cell, names = get_cell(arch), list(param_shapes(V, H, arch, L))
+    structure = describe(arch, L, H) + (f", dropout {dropout:g}" if dropout else "")
     return ModelCard.from_template(
         card_data, template_str=TEMPLATE, model_name=model_ref,
         optimizer={"adam": "Adam"}.get(t.get("optimizer"), "the book's SGD"),
-        num_hiddens=config.num_hiddens, vocab_size=config.vocab_size,
+        cell=cell.title, section=cell.section, formula=cell.formula, structure=structure,
+        deep=f", stacked {L} layers deep as in §9.3" if L > 1 else "",
+        weight_names=", ".join(f"`{n}`" for n in names)
+        if L == 1 else f"`{names[0]}` … `{names[-1]}`, {len(names)} tensors",
+        book_params=", ".join(names),
+        num_hiddens=H, vocab_size=V,
         normalization=config.normalization, num_params=f"{config.num_params:,}",
         data_name=data_name, num_tokens=_fmt(t.get("num_train_tokens")),
         data_sha1=t.get("data_sha1", "?"), num_epochs=_fmt(t.get("num_epochs")),
@@ -127,5 +139,5 @@ def make_model_card(config: CheckpointConfig, sample: str, model_ref: str = "pat
                  if t.get("best_val_ppl") else "— (no validation split)"),
         speed=_fmt(t.get("tokens_per_sec")), device=t.get("device", "?"),
         sample=sample, command=t.get("command", "python train.py"), model_ref=model_ref,
-        book_url=BOOK_URL, code=f"<{url}> (`pip install git+{url}`)" if (url := code_url()) else
+        book_url=cell.url, code=f"<{url}> (`pip install git+{url}`)" if (url := code_url()) else
         "not published at a public URL when this card was made (`pip install .` in the project)")

@@ -248,7 +248,7 @@ class ChatSession:
         self.model_name = ckpt.source + (f"@{ckpt.commit[:12]}" if ckpt.commit else "")
         self.num_params = sum(p.numel() for p in ckpt.net.parameters())
         self.gen: Generator | None = None          # while a reply streams
-        self.position: tuple = (None, None)        # (hidden state, pending token) otherwise
+        self.position: tuple = (None, None)        # (state tuple, pending token) otherwise
         self.turns = []
 
     @property
@@ -267,14 +267,14 @@ class ChatSession:
             ckpt = self.ckpt
             gen = Generator(ckpt.net, ckpt.vocab, ckpt.normalization)
             if self.position[0] is not None:
-                gen.H, gen.last = self.position
+                gen.state, gen.last = self.position
             self.gen = gen
         return self.gen
 
     def park(self) -> None:
         """Between replies: keep the stream position, let go of the model."""
         if self.gen is not None:
-            self.position = (self.gen.H, self.gen.last)
+            self.position = (self.gen.state, self.gen.last)
             self.gen = None
 
     def reset(self) -> None:

@@ -1,9 +1,11 @@
 """Checkpoint folders: write them atomically, read them back with validation.
 
 A checkpoint is a folder:
-    model.safetensors   float32 W_xh (V,H), W_hh (H,H), b_h (H), W_hq (H,V), b_q (V)
+    model.safetensors   float32, the cell's parameters by the book's names (cells.param_shapes):
+                        W_xh (V,H), W_hh (H,H), b_h (H), W_hq (H,V), b_q (V) for the §8.5 RNN
     vocab.json          idx_to_token, `<unk>` at index 0
-    config.json         sizes, normalisation and the training record (schema: config.py)
+    config.json         sizes, cell (arch, num_layers, dropout), normalisation and the training
+                        record (schema: config.py; no arch: the §8.5 RNN)
     README.md           the model card
     training_text.xz    optional: the normalised text the model trained on, xz-compressed
                         (what `inspector` checks replies against for memorisation)
@@ -30,10 +32,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
+from .cells import param_shapes
 from .config import (FORMAT, MAX_PARAMETERS, CheckpointConfig, CheckpointError,  # noqa: F401
                      check_model_size)   # MAX_PARAMETERS, check_model_size: re-exported
 from .data import Vocab
-from .model import PARAM_NAMES, RNNModelScratch, param_shapes
+from .model import RNNModelScratch
 from .runlock import is_locked
 
 WEIGHTS_NAME, VOCAB_NAME, CONFIG_NAME, CARD_NAME = (
@@ -87,9 +90,10 @@ class Checkpoint:
 def save_checkpoint(out_dir: str | os.PathLike, weights: dict[str, torch.Tensor], vocab: Vocab,
                     config: dict, files: dict[str, bytes] | None = None,
                     log: Callable[[str], None] | None = None) -> Path:
-    """Write a checkpoint folder atomically: the five `weights`, the vocabulary, the config
-    (`config`: CheckpointConfig's fields other than the sizes, which come from the weights)
-    and any extra `files` (name → bytes: the card, a plot, resume state).
+    """Write a checkpoint folder atomically: the `weights` of the cell `config["arch"]` (default
+    the §8.5 RNN) with `num_layers` layers, the vocabulary, the config (`config`:
+    CheckpointConfig's fields other than the sizes, which come from the weights) and any extra
+    `files` (name → bytes: the card, a plot, resume state).
 
     Only an absent or empty folder, or a checkpoint of this project, is ever replaced
     (`check_out_folder`). Everything is written into a fresh sibling folder first and synced;
@@ -108,12 +112,14 @@ def save_checkpoint(out_dir: str | os.PathLike, weights: dict[str, torch.Tensor]
         (log or _to_stderr)(note)
     tmp = _make_temp_folder(out)
     try:
+        H = weights["W_hq"].shape[0]
+        names = param_shapes(len(vocab), H, config.get("arch", "rnn"), config.get("num_layers", 1))
         tensors = {name: weights[name].detach().to("cpu", torch.float32).contiguous()
-                   for name in PARAM_NAMES}
+                   for name in names}
         _save_weights(tensors, tmp / WEIGHTS_NAME)
         _write_json(tmp / VOCAB_NAME, vocab.idx_to_token)
         _write_json(tmp / CONFIG_NAME, CheckpointConfig(
-            vocab_size=len(vocab), num_hiddens=tensors["W_hh"].shape[0], **config).to_json())
+            vocab_size=len(vocab), num_hiddens=H, **config).to_json())
         for name, data in (files or {}).items():
             (tmp / name).write_bytes(data)
         for f in [*tmp.iterdir(), tmp]:
@@ -289,20 +295,22 @@ def read_vocab(folder: str | os.PathLike, vocab_size: int) -> Vocab:
     return Vocab(idx_to_token=tokens)
 
 
-def read_weights(folder: str | os.PathLike, vocab_size: int, num_hiddens: int
-                 ) -> dict[str, torch.Tensor]:
-    """Read the five float32 tensors, checking names, dtypes and shapes from the header first."""
+def read_weights(folder: str | os.PathLike, vocab_size: int, num_hiddens: int,
+                 arch: str = "rnn", num_layers: int = 1) -> dict[str, torch.Tensor]:
+    """Read the cell's float32 tensors, checking the exact set of names, dtypes and shapes
+    from the header first."""
     path = Path(folder) / WEIGHTS_NAME
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; a checkpoint folder needs {', '.join(MODEL_FILES)}")
-    expected = param_shapes(vocab_size, num_hiddens)
+    expected = param_shapes(vocab_size, num_hiddens, arch, num_layers)
+    kind = f"{num_layers}-layer {arch}" if num_layers > 1 else arch
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             names = set(f.keys())
-            if names != set(PARAM_NAMES):
+            if names != set(expected):
                 raise CheckpointError(f"{path} holds tensors {sorted(names)}; expected exactly "
-                                      f"{list(PARAM_NAMES)}")
-            for name in PARAM_NAMES:
+                                      f"{list(expected)}, the parameters of config.json's {kind}")
+            for name in expected:
                 sl = f.get_slice(name)
                 shape, dtype = tuple(sl.get_shape()), sl.get_dtype()
                 if dtype != "F32":
@@ -311,7 +319,7 @@ def read_weights(folder: str | os.PathLike, vocab_size: int, num_hiddens: int
                     raise CheckpointError(f"{path}: {name} has shape {shape}, expected "
                                           f"{expected[name]} for vocab_size {vocab_size} and "
                                           f"num_hiddens {num_hiddens}")
-            return {name: f.get_tensor(name) for name in PARAM_NAMES}
+            return {name: f.get_tensor(name) for name in expected}
     except SafetensorError as e:
         raise CheckpointError(f"{path} is not a valid safetensors file ({e}); "
                               "it may be truncated or corrupt — download or train it again") from None
@@ -319,6 +327,40 @@ def read_weights(folder: str | os.PathLike, vocab_size: int, num_hiddens: int
         if isinstance(e, CheckpointError):
             raise
         raise CheckpointError(f"{path} could not be read ({e})") from None
+
+
+def checkpoint_folders(folder: str | os.PathLike) -> list[Path]:
+    """The checkpoint folders directly under `folder` (e.g. the app's bundled `checkpoints/`),
+    by name; hidden ones (a save's temporary or previous copy) are skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+@dataclass
+class Summary:
+    """A checkpoint for people choosing one: its cell, size and validation figures."""
+    name: str
+    arch: str
+    num_layers: int
+    num_hiddens: int
+    num_params: int
+    data: str
+    val_perplexity: float | None
+    val_loss: float | None
+
+    @classmethod
+    def of(cls, folder: str | os.PathLike) -> Summary:
+        """Read from `config.json` alone (checked as for loading); no weights are read."""
+        config = read_config(folder)
+        t = config.training
+        figures = [t.get(k) for k in ("final_val_ppl", "final_val_loss")]
+        ppl, loss = (float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+                     for x in figures)
+        H, arch, L = config.num_hiddens, config.arch, config.num_layers
+        data = t.get("data_name") if isinstance(t.get("data_name"), str) else "?"
+        return cls(Path(folder).name, arch, L, H, config.num_params, data, ppl, loss)
 
 
 def load_checkpoint(folder: str | os.PathLike, device: torch.device | str = "cpu",
@@ -334,7 +376,7 @@ def load_checkpoint(folder: str | os.PathLike, device: torch.device | str = "cpu
     config = read_config(folder, max_parameters)
     V, H = config.vocab_size, config.num_hiddens
     vocab = read_vocab(folder, V)
-    tensors = read_weights(folder, V, H)
+    tensors = read_weights(folder, V, H, config.arch, config.num_layers)
     for name, t in tensors.items():
         if not torch.isfinite(t).all():
             raise CheckpointError(f"{folder / WEIGHTS_NAME}: {name} holds NaN or infinite values")
@@ -342,12 +384,10 @@ def load_checkpoint(folder: str | os.PathLike, device: torch.device | str = "cpu
             raise CheckpointError(f"{folder / WEIGHTS_NAME}: {name} holds values beyond "
                                   f"±{MAX_ABS_WEIGHT:.0e}, which overflow the logits; not a "
                                   "usable model (retrain with a smaller learning rate)")
-    # Built on the CPU (a few ms) with the caller's random stream left as it was: any op on
-    # the "meta" device first imports torch._dynamo (~1 s of start-up, bench/startup.py).
-    with torch.random.fork_rng(devices=[]):
-        net = RNNModelScratch(V, H)
-    net.load_state_dict(tensors, assign=True)
-    net.to(device).eval().requires_grad_(False)
+    # Built on the CPU (a few ms), not on the "meta" device: any op there first imports
+    # torch._dynamo (~1 s of start-up, bench/startup.py).
+    net = RNNModelScratch.from_weights(tensors, config.arch, config.num_layers, config.dropout)
+    net.to(device).requires_grad_(False)
     return Checkpoint(net, vocab, config, source=str(folder), folder=folder)
 
 

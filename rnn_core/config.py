@@ -2,6 +2,8 @@
 
     format, format_version   which project wrote it, and the layout's version (checked on load)
     vocab_size, num_hiddens  the model's sizes (§8.5), within the loader's sanity limits
+    arch, num_layers, dropout  the cell (cells.CELLS), its layers and char-rnn dropout (absent:
+                             the §8.5 RNN, one layer, no dropout)
     normalization            how text was normalised before tokenising (data.NORMALIZATIONS)
     training                 the training record (settings, perplexities, speed, command);
                              free-form when read: `record()` gives its checked entries
@@ -15,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .cells import check_structure, num_params
 from .data import NORMALIZATIONS
 
 FORMAT = "d2l-char-rnn-scratch"
@@ -38,22 +41,28 @@ class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded; the message names the file and the problem."""
 
 
-def check_model_size(vocab_size, num_hiddens) -> None:
-    """The sizes a checkpoint may have: the loader refuses others, and train.py checks them
-    before training so it never writes a checkpoint its own loader refuses."""
+def check_model_size(vocab_size, num_hiddens, arch="rnn", num_layers=1, dropout=0.0) -> None:
+    """The sizes and cells a checkpoint may have: the loader refuses others, and train.py
+    checks them before training so it never writes a checkpoint its own loader refuses."""
     V, H = vocab_size, num_hiddens
     for key, value, limit in (("vocab_size", V, MAX_VOCAB_SIZE), ("num_hiddens", H, MAX_NUM_HIDDENS)):
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
             raise CheckpointError(f"{key} must be an integer from 1 to {limit}, got {value!r}")
-    if V * H * 2 + H * H > MAX_PARAMETERS:
-        raise CheckpointError(f"vocab_size {V} and num_hiddens {H} make more than "
-                          f"{MAX_PARAMETERS:,} parameters; refusing to allocate")
+    try:
+        check_structure(arch, num_layers, dropout)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    if num_params(V, H, arch, num_layers) > MAX_PARAMETERS:
+        layers = f" and {num_layers} {arch} layers" if (arch, num_layers) != ("rnn", 1) else ""
+        raise CheckpointError(f"vocab_size {V} and num_hiddens {H}{layers} make more than "
+                              f"{MAX_PARAMETERS:,} parameters; refusing to allocate")
 
 
-def num_parameters(vocab_size: int, num_hiddens: int) -> int:
-    """Parameters of the §8.5 model: also the multiply-adds of one generated character."""
-    V, H = vocab_size, num_hiddens
-    return V * H * 2 + H * H + H + V
+def num_parameters(vocab_size: int, num_hiddens: int, arch: str = "rnn", num_layers: int = 1
+                   ) -> int:
+    """Parameters of the model (cells.num_params): about the multiply-adds of one generated
+    character."""
+    return num_params(vocab_size, num_hiddens, arch, num_layers)
 
 
 def check_metadata(key: str, value, depth: int = 0) -> None:
@@ -90,9 +99,13 @@ class CheckpointConfig:
     training: dict = field(default_factory=dict)
     training_text: dict | None = None
     format_version: int = FORMAT_VERSION
+    arch: str = "rnn"
+    num_layers: int = 1
+    dropout: float = 0.0
 
     def __post_init__(self):
-        check_model_size(self.vocab_size, self.num_hiddens)
+        check_model_size(self.vocab_size, self.num_hiddens, self.arch, self.num_layers,
+                         self.dropout)
         if self.normalization not in NORMALIZATIONS:
             raise CheckpointError(f"normalization must be one of {NORMALIZATIONS}, "
                                   f"got {str(self.normalization)[:40]!r}")
@@ -110,15 +123,17 @@ class CheckpointConfig:
         if version > FORMAT_VERSION:
             raise CheckpointError(f"format_version {version} is newer than this code reads "
                               f"({FORMAT_VERSION}); upgrade the rnn_core package to load it")
-        check_model_size(obj.get("vocab_size"), obj.get("num_hiddens"))
+        arch, L = obj.get("arch", "rnn"), obj.get("num_layers", 1)
+        dropout = obj.get("dropout", 0.0)
+        check_model_size(obj.get("vocab_size"), obj.get("num_hiddens"), arch, L, dropout)
         V, H = obj["vocab_size"], obj["num_hiddens"]
-        if num_parameters(V, H) > max_parameters:
+        if num_parameters(V, H, arch, L) > max_parameters:
             raise CheckpointError(f"vocab_size {V} and num_hiddens {H} make "
-                                  f"{num_parameters(V, H):,} parameters, more than the "
+                                  f"{num_parameters(V, H, arch, L):,} parameters, more than the "
                                   f"{max_parameters:,} allowed here; refusing to allocate")
         config = cls(vocab_size=V, num_hiddens=H, normalization=obj.get("normalization"),
                      training=obj.get("training", {}), training_text=obj.get("training_text"),
-                     format_version=version)
+                     format_version=version, arch=arch, num_layers=L, dropout=float(dropout))
         if not isinstance(config.training, dict):
             raise CheckpointError("training must be a JSON object")
         for key, value in obj.items():
@@ -129,6 +144,7 @@ class CheckpointConfig:
         """The object written to config.json."""
         out = {"format": FORMAT, "format_version": self.format_version,
                "vocab_size": self.vocab_size, "num_hiddens": self.num_hiddens,
+               "arch": self.arch, "num_layers": self.num_layers, "dropout": self.dropout,
                "normalization": self.normalization, "training": self.training}
         if self.training_text is not None:
             out["training_text"] = self.training_text
@@ -136,7 +152,7 @@ class CheckpointConfig:
 
     @property
     def num_params(self) -> int:
-        return num_parameters(self.vocab_size, self.num_hiddens)
+        return num_parameters(self.vocab_size, self.num_hiddens, self.arch, self.num_layers)
 
     def record(self) -> dict:
         """The training record's entries, each checked: numbers finite and sane, texts one

@@ -12,13 +12,17 @@ import random
 import re
 import unicodedata
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 TIME_MACHINE_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
 TIME_MACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
+SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
+                   "tinyshakespeare/input.txt")
+SHAKESPEARE_SHA1 = "04486597058d11dcc2c556b1d0433891eb639d2e"
 NORMALIZATIONS = ("book", "raw")
 
 
@@ -40,24 +44,56 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RNN_CORE_CACHE", Path.home() / ".cache" / "rnn_core"))
 
 
-def download_time_machine() -> Path:
-    """Download the book's `timemachine.txt` once, check its sha1, return the cached path."""
-    path = cache_dir() / "timemachine.txt"
-    if path.exists() and sha1_of(path) == TIME_MACHINE_SHA1:
+def download(url: str, sha1: str, filename: str) -> Path:
+    """Download `url` once into the cache as `filename`, check its sha1, return the path."""
+    path = cache_dir() / filename
+    if path.exists() and sha1_of(path) == sha1:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.part")  # processes of one run may race here
     try:
-        urllib.request.urlretrieve(TIME_MACHINE_URL, partial)
+        urllib.request.urlretrieve(url, partial)
     except OSError as e:
-        raise DataError(f"could not download {TIME_MACHINE_URL} ({e}); "
+        raise DataError(f"could not download {url} ({e}); "
                         "pass --data PATH to train on a local copy") from None
-    if sha1_of(partial) != TIME_MACHINE_SHA1:
+    if sha1_of(partial) != sha1:
         partial.unlink()
-        raise DataError(f"{TIME_MACHINE_URL} did not match its sha1 {TIME_MACHINE_SHA1}; "
-                        "try again later or pass --data PATH")
+        raise DataError(f"{url} did not match its sha1 {sha1}; try again later or pass --data PATH")
     os.replace(partial, path)
     return path
+
+
+def download_time_machine() -> Path:
+    """The book's `timemachine.txt` (§8.2), downloaded once and sha1-checked."""
+    return download(TIME_MACHINE_URL, TIME_MACHINE_SHA1, "timemachine.txt")
+
+
+def download_shakespeare() -> Path:
+    """char-rnn's tiny-shakespeare (the corpus of nanoGPT's `shakespeare_char`), downloaded
+    once and sha1-checked."""
+    return download(SHAKESPEARE_URL, SHAKESPEARE_SHA1, "tinyshakespeare.txt")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named training text (`--data NAME`) and how it is read by default."""
+    download: Callable[[], Path]
+    normalization: str
+    max_tokens: int          # ≤ 0: the whole text
+    prefix: str              # what predictions during training continue
+
+
+DATASETS = {
+    "timemachine": Dataset(lambda: download_time_machine(), "book", 10000, "time traveller"),
+    "shakespeare": Dataset(lambda: download_shakespeare(), "raw", 0, "ROMEO:"),
+}
+
+
+def split_corpus(corpus: Sequence[int], val_fraction: float) -> tuple[Sequence[int], Sequence[int]]:
+    """nanoGPT's split: training = the first int((1 − F)·n) tokens, validation = the rest
+    (for tiny-shakespeare at F = 0.1: 1,003,854 and 111,540)."""
+    n_train = int((1 - val_fraction) * len(corpus))
+    return corpus[:n_train], corpus[n_train:]
 
 
 def read_text(path: str | os.PathLike) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, SpaceCard, constants, get_token
 from huggingface_hub.utils import disable_progress_bars
 
-from .checkpoint import CARD_NAME, CheckpointError, load_checkpoint
+from .checkpoint import CARD_NAME, CheckpointError, checkpoint_folders, load_checkpoint
 from .hub import NETWORK_ERRORS, PUSHED_FILES, HubError, _reason, check_repo_id, commit_on, load_model
 
 SDK = "gradio"
@@ -78,10 +78,7 @@ def space_files(root: Path) -> dict[str, Path]:
     files = {name: root / name for name in ("app.py", *REQUIREMENTS, ".gitattributes")}
     files.update({p.relative_to(root).as_posix(): p for p in sorted((root / "rnn_core").rglob("*.py"))
                   if "__pycache__" not in p.parts})
-    bundled = root / "checkpoints"
-    folders = sorted(p for p in bundled.iterdir() if p.is_dir() and not p.name.startswith(".")
-                     ) if bundled.is_dir() else []
-    for folder in folders:
+    for folder in checkpoint_folders(root / "checkpoints"):
         try:
             load_checkpoint(folder)
         except CheckpointError as e:

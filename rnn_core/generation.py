@@ -1,9 +1,9 @@
 """Prediction: the book's greedy `predict_ch8`, and a fast streaming generator with sampling.
 
-`Generator` carries one hidden state across calls (the chat app's conversation) and
-produces one character per step. Its greedy path reproduces `predict_ch8` exactly: the
-same operations in the same order, with the one-hot product replaced by the row of W_xh it
-selects (exact: the other terms are zeros).
+`Generator` carries one state across calls (the chat app's conversation: every layer's H, and
+C for an LSTM) and produces one character per step. Its greedy path reproduces `predict_ch8`
+exactly for every cell: the same operations in the same order, with the one-hot product
+replaced by the row of W_x it selects (exact: the other terms are zeros).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import torch
 
 from .data import Vocab, normalize_prompt
+from .cells import layer_param_names
 from .model import RNNModelScratch
 
 
@@ -38,48 +39,77 @@ def predict_ch8(prefix: str, num_preds: int, net: RNNModelScratch, vocab: Vocab,
 
 
 class Generator:
-    """One stream of text through the RNN: `feed` text, then `sample` characters.
+    """One stream of text through the model: `feed` text, then `sample` characters.
 
-    The hidden state after `feed(a)`, `feed(b)` equals the state after `feed(a + b)`:
-    it has read exactly the characters given, in order. `last` is the token id waiting to be
-    read next (the book feeds a character only when the next one is asked for).
+    The state after `feed(a)`, `feed(b)` equals the state after `feed(a + b)`: it has read
+    exactly the characters given, in order. `state` is the model's state tuple (every
+    layer's H, and C for an LSTM); `last` is the token id waiting to be read next (the book
+    feeds a character only when the next one is asked for).
     """
 
     def __init__(self, net: RNNModelScratch, vocab: Vocab, normalization: str = "book"):
         self.net, self.vocab, self.normalization = net, vocab, normalization
         p = {name: t.detach() for name, t in net.named_parameters()}  # no autograd recording
-        self.W_xh, self.W_hh, self.b_h, self.W_hq, self.b_q = (
-            p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"])
-        self.rows = list(self.W_xh.unbind(0))  # W_xh[idx], sliced once
-        new = functools.partial(torch.empty, dtype=self.W_hh.dtype, device=self.W_hh.device)
+        self.W_hq, self.b_q = p["W_hq"], p["b_q"]
+        layers = [[p[name] for name in layer_param_names(net.cell, k)]
+                  for k in range(net.num_layers)]
+        self.layers = [(w[0::3], w[1::3], w[2::3]) for w in layers]  # (W_x, W_h, b) per layer
+        self.rows = [list(W.unbind(0)) for W in self.layers[0][0]]  # W_x{g}[idx], sliced once
+        self._step = self._step_cells
+        if net.arch == "rnn" and net.num_layers == 1:
+            self._step = self._step_rnn
+            self.W_hh, self.b_h = self.layers[0][1][0], self.layers[0][2][0]
+        new = functools.partial(torch.empty, dtype=self.W_hq.dtype, device=self.W_hq.device)
         self._next = new((1, net.num_hiddens))  # the next state, computed in place
         self._Y = new((1, net.vocab_size))
         self._logits = self._Y.view(-1)
         self.reset()
 
+    @property
+    def H(self) -> torch.Tensor:
+        """The first layer's hidden state."""
+        return self.state[0]
+
     def reset(self) -> None:
         """Forget everything read: zero state, nothing pending."""
-        self.H = torch.zeros((1, self.net.num_hiddens), device=self.W_hh.device)
+        self.state = self.net.begin_state(1, self.W_hq.device)
         self.last: int | None = None
 
-    def snapshot(self) -> tuple[torch.Tensor, int | None]:
-        """A copy of the stream position, for rewinding (undo, retry, stop)."""
-        return self.H.clone(), self.last
+    def snapshot(self) -> tuple[tuple[torch.Tensor, ...], int | None]:
+        """A copy of the stream position (the whole state tuple and the pending token), for
+        rewinding (undo, retry, stop)."""
+        return tuple(s.clone() for s in self.state), self.last
 
-    def restore(self, snap: tuple[torch.Tensor, int | None]) -> None:
-        self.H, self.last = snap[0].clone(), snap[1]
+    def restore(self, snap: tuple[tuple[torch.Tensor, ...], int | None]) -> None:
+        self.state, self.last = tuple(s.clone() for s in snap[0]), snap[1]
 
-    def _step(self, idx: int, logits: bool = True) -> torch.Tensor | None:
+    def _step_rnn(self, idx: int, logits: bool = True) -> torch.Tensor | None:
         """Read token `idx`; return the 1-D logits for the next one (a reused buffer).
 
-        The book's `rnn` step, the same operations in the same order, so bit for bit the same
-        numbers: tanh((onehot W_xh + H W_hh) + b_h), then H W_hq + b_q. The one-hot product
-        is the row W_xh[idx] exactly (and addition commutes exactly); every result goes into
-        a preallocated buffer, in place where it can.
+        The book's `rnn` step (§8.5), the same operations in the same order, so bit for bit
+        the same numbers: tanh((onehot W_xh + H W_hh) + b_h), then H W_hq + b_q. The one-hot
+        product is the row W_xh[idx] exactly (and addition commutes exactly); every result
+        goes into a preallocated buffer, in place where it can.
         """
-        H = torch.mm(self.H, self.W_hh, out=self._next)
-        H.add_(self.rows[idx]).add_(self.b_h).tanh_()
-        self._next, self.H = self.H, H
+        H = torch.mm(self.state[0], self.W_hh, out=self._next)
+        H.add_(self.rows[0][idx]).add_(self.b_h).tanh_()
+        self._next, self.state = self.state[0], (H,)
+        if not logits:
+            return None
+        torch.mm(H, self.W_hq, out=self._Y).add_(self.b_q)
+        return self._logits
+
+    def _step_cells(self, idx: int, logits: bool = True) -> torch.Tensor | None:
+        """The same for any cell and depth: the cell's own step (cells.py), layer by layer,
+        the first layer's input terms being rows of W_x; no dropout (generation)."""
+        cell, S = self.net.cell, len(self.net.cell.state)
+        state = list(self.state)
+        H = None
+        for k, (W_x, W_h, b) in enumerate(self.layers):
+            xs = [rows[idx] for rows in self.rows] if k == 0 else [torch.mm(H, W) for W in W_x]
+            state[k * S:(k + 1) * S] = cell.step(xs, state[k * S:(k + 1) * S], W_h, b)
+            H = state[k * S]
+        self.state = tuple(state)
         if not logits:
             return None
         torch.mm(H, self.W_hq, out=self._Y).add_(self.b_q)
@@ -169,5 +199,5 @@ def generate_text(net: RNNModelScratch, vocab: Vocab, prefix: str, num_preds: in
     if not prefix:
         raise ValueError("the prefix is empty after normalisation; give at least one character "
                          "the model knows")
-    rng = torch.Generator(device=gen.W_hh.device).manual_seed(seed) if seed is not None else None
+    rng = torch.Generator(device=gen.W_hq.device).manual_seed(seed) if seed is not None else None
     return prefix + "".join(gen.generate(num_preds, temperature, top_k, rng))

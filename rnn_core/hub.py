@@ -34,7 +34,7 @@ from .checkpoint import (CARD_NAME, CONFIG_NAME, MAX_JSON_BYTES, MAX_PARAMETERS,
                          VOCAB_NAME, WEIGHTS_NAME, Checkpoint, CheckpointError, load_checkpoint,
                          read_config)
 from .generation import predict_ch8
-from .model import param_shapes
+from .cells import param_shapes
 
 # Plus the card; never training_state.*. The training text only when the folder has it.
 PUSHED_FILES = (WEIGHTS_NAME, CONFIG_NAME, VOCAB_NAME, PLOT_NAME, TRAINING_TEXT_NAME)
@@ -95,7 +95,8 @@ def download_checkpoint(repo_id: str, revision: str | None = None,
     asked = revision or "main"
     _fetch(repo_id, VOCAB_NAME, commit, asked, MAX_JSON_BYTES)
     V, H = config.vocab_size, config.num_hiddens
-    max_bytes = 4 * sum(math.prod(s) for s in param_shapes(V, H).values()) + HEADER_ALLOWANCE
+    shapes = param_shapes(V, H, config.arch, config.num_layers)
+    max_bytes = 4 * sum(math.prod(s) for s in shapes.values()) + HEADER_ALLOWANCE
     _fetch(repo_id, WEIGHTS_NAME, commit, asked, max_bytes,
            f"vocab_size {V} and num_hiddens {H} need at most {max_bytes:,}")
     if config.training_text is not None:
@@ -247,8 +248,8 @@ def push_checkpoint(folder: str | os.PathLike, repo_id: str, *, private: bool = 
     ops = [CommitOperationAdd(name, folder / name) for name in PUSHED_FILES if (folder / name).is_file()]
     ops.append(CommitOperationAdd(CARD_NAME, str(card).encode()))
     t = ckpt.config.record()
-    message = commit_message or (f"Upload char-RNN ({ckpt.config.num_hiddens} hidden units, "
-                                 f"{t.get('num_epochs', '?')} epochs)")
+    message = commit_message or (f"Upload char-{ckpt.net.cell.title} ({ckpt.config.num_hiddens} "
+                                 f"hidden units, {t.get('num_epochs', '?')} epochs)")
     branch = revision or "main"
     api = HfApi(token=token)
     try:

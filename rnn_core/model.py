@@ -1,6 +1,8 @@
-"""The scratch RNN of §8.5, as an `nn.Module` so optimizers, `state_dict` and `.to(device)` work.
+"""The scratch models of §8.5 and ch. 9 as one `nn.Module`, so optimizers, `state_dict` and
+`.to(device)` work: the book's `RNNModelScratch` interface (`forward(X, state)`,
+`begin_state`) for every cell of `cells.CELLS`, any number of layers, char-rnn dropout.
 
-The math is the book's, in plain sight:
+The §8.5 RNN's math, in plain sight (the other cells are in cells.py):
     H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h),    Y_t = H_t W_hq + b_q
 """
 from __future__ import annotations
@@ -9,48 +11,72 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-PARAM_NAMES = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
+from .cells import (ARCHS, check_structure, dropout_masks, layer_param_names, num_params,
+                    param_shapes, stacked_forward)
 
-
-def param_shapes(vocab_size: int, num_hiddens: int) -> dict[str, tuple[int, ...]]:
-    """§8.5: The five tensors' shapes, in the book's order."""
-    V, H = vocab_size, num_hiddens
-    return {"W_xh": (V, H), "W_hh": (H, H), "b_h": (H,), "W_hq": (H, V), "b_q": (V,)}
+__all__ = ["ARCHS", "PARAM_NAMES", "RNNModelScratch", "num_params", "param_shapes"]
+PARAM_NAMES = tuple(param_shapes(1, 1))  # the §8.5 RNN's: W_xh, W_hh, b_h, W_hq, b_q
 
 
 class RNNModelScratch(nn.Module):
-    """A character RNN implemented from scratch (D2L §8.5)."""
+    """A character RNN implemented from scratch (D2L §8.5; GRU §9.1, LSTM §9.2, deep §9.3)."""
 
-    def __init__(self, vocab_size: int, num_hiddens: int, device: torch.device | str | None = None):
+    def __init__(self, vocab_size: int, num_hiddens: int, device: torch.device | str | None = None,
+                 arch: str = "rnn", num_layers: int = 1, dropout: float = 0.0):
         super().__init__()
+        self.cell = check_structure(arch, num_layers, dropout)
         self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
+        self.arch, self.num_layers, self.dropout = arch, num_layers, float(dropout)
+        # Created in the book's `get_params` order (layer by layer, then the output layer), so
+        # the same torch seed gives the book's weights: normal(0, 0.01) matrices, zero biases.
+        for name, shape in param_shapes(vocab_size, num_hiddens, arch, num_layers).items():
+            if name.startswith("b_"):
+                value = torch.zeros(shape, device=device)
+            else:
+                value = torch.randn(size=shape, device=device) * 0.01
+            self.register_parameter(name, nn.Parameter(value))
 
-        def normal(shape):
-            return nn.Parameter(torch.randn(size=shape, device=device) * 0.01)
-
-        # Created in the book's `get_params` order, so the same torch seed gives the same weights.
-        self.W_xh = normal((vocab_size, num_hiddens))
-        self.W_hh = normal((num_hiddens, num_hiddens))
-        self.b_h = nn.Parameter(torch.zeros(num_hiddens, device=device))
-        self.W_hq = normal((num_hiddens, vocab_size))
-        self.b_q = nn.Parameter(torch.zeros(vocab_size, device=device))
+    @classmethod
+    def from_weights(cls, weights: dict[str, torch.Tensor], arch: str = "rnn",
+                     num_layers: int = 1, dropout: float = 0.0) -> RNNModelScratch:
+        """The model holding `weights` (checked names and shapes), in eval mode. Built without
+        touching the caller's random stream."""
+        W_hq = weights["W_hq"]
+        with torch.random.fork_rng(devices=[]):
+            net = cls(W_hq.shape[1], W_hq.shape[0], "cpu", arch, num_layers, dropout)
+        net.load_state_dict(weights, assign=True)
+        return net.to(W_hq.device).eval()
 
     @property
     def params(self) -> list[nn.Parameter]:
-        """The parameters as the book's list `[W_xh, W_hh, b_h, W_hq, b_q]`."""
-        return [self.W_xh, self.W_hh, self.b_h, self.W_hq, self.b_q]
+        """The parameters as the book's list, e.g. `[W_xh, W_hh, b_h, W_hq, b_q]` (§8.5)."""
+        return list(self.parameters())
+
+    def num_params(self) -> int:
+        return num_params(self.vocab_size, self.num_hiddens, self.arch, self.num_layers)
+
+    def layer(self, k: int) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+        """Layer k's (W_x, W_h, b) lists, in gate order."""
+        p = [getattr(self, name) for name in layer_param_names(self.cell, k)]
+        return p[0::3], p[1::3], p[2::3]
 
     def begin_state(self, batch_size: int, device: torch.device | str | None = None
-                    ) -> tuple[torch.Tensor]:
-        """Zero hidden state `(H,)` of shape (batch_size, num_hiddens)."""
-        device = self.W_hh.device if device is None else device
-        return (torch.zeros((batch_size, self.num_hiddens), device=device),)
+                    ) -> tuple[torch.Tensor, ...]:
+        """Zero state: each layer's `H` (and `C` for the LSTM), each (batch_size, num_hiddens)."""
+        device = self.W_hq.device if device is None else device
+        return tuple(torch.zeros((batch_size, self.num_hiddens), device=device)
+                     for _ in range(self.num_layers * len(self.cell.state)))
 
-    def forward(self, X: torch.Tensor, state: tuple[torch.Tensor]
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor]]:
+    def forward(self, X: torch.Tensor, state: tuple[torch.Tensor, ...]
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """X: (batch, steps) token ids → logits (steps * batch, V), time-major, and the new state."""
         inputs = F.one_hot(X.T, self.vocab_size).type(torch.float32)
-        return rnn(inputs, state, self.params)
+        masks = None
+        if self.training and self.dropout > 0:
+            masks = dropout_masks(self.dropout, self.num_layers, *inputs.shape[:2],
+                                  self.num_hiddens, inputs.device)
+        layers = [self.layer(k) for k in range(self.num_layers)]
+        return stacked_forward(self.cell, inputs, state, layers, self.W_hq, self.b_q, masks)
 
 
 def rnn(inputs: torch.Tensor, state: tuple[torch.Tensor], params: list[torch.Tensor]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from .cells import describe
 from .checkpoint import Checkpoint
 from .data import normalize_text
 from .generation import generate_text
@@ -38,8 +39,8 @@ class CharRNN:
 
     def __repr__(self) -> str:
         at = f"@{self.ckpt.commit[:8]}" if self.ckpt.commit else ""
-        return (f"CharRNN({self.ckpt.source}{at}: {self.config.num_hiddens} hidden units, "
-                f"{len(self.vocab)} tokens)")
+        cell = describe(self.net.arch, self.net.num_layers, self.net.num_hiddens)
+        return f"CharRNN({self.ckpt.source}{at}: {cell}, {len(self.vocab)} tokens)"
 
     def generate(self, prefix: str, num_preds: int = 50, temperature: float = 0.0,
                  top_k: int = 0, seed: int | None = None) -> str:

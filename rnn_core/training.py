@@ -1,4 +1,5 @@
-"""Training as in §8.5: BPTT over a minibatch, state detach, gradient clipping, perplexity."""
+"""Training as in §8.5 (and ch. 9, whose cells reuse it): BPTT over a minibatch, state detach,
+gradient clipping, perplexity."""
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +16,7 @@ from torch import nn
 
 from .data import Vocab
 from .distributed import SINGLE, Group
-from .fast import FastRNN
+from .fast_cells import fast_forward
 from .generation import predict_ch8
 from .model import RNNModelScratch
 
@@ -96,27 +97,41 @@ def sgd(params: Sequence[torch.Tensor], lr: float, batch_size: int) -> None:
 def make_updater(net: RNNModelScratch, optimizer: str, lr: float):
     """`sgd`: the book's updater (a function of batch_size); `adam`: torch.optim.Adam."""
     if optimizer == "sgd":
-        return functools.partial(sgd, net.params, lr)
+        return functools.partial(sgd, net.params, lr=lr)
     if optimizer == "adam":
         return torch.optim.Adam(net.parameters(), lr=lr)
     raise ValueError(f"unknown optimizer {optimizer!r}; use one of {OPTIMIZERS}")
 
 
+def set_lr(updater, lr: float) -> None:
+    """Change the learning rate of a `make_updater` updater."""
+    if isinstance(updater, torch.optim.Optimizer):
+        for group in updater.param_groups:
+            group["lr"] = lr
+    else:
+        updater.keywords["lr"] = lr
+
+
 def train_epoch_ch8(net: RNNModelScratch, train_iter: Iterable, loss: nn.Module, updater,
                     device: torch.device | str, use_random_iter: bool,
                     forward: Callable | None = None,
-                    group: Group = SINGLE) -> tuple[float, float]:
+                    group: Group = SINGLE,
+                    before_step: Callable[[], bool] | None = None) -> tuple[float, float]:
     """§8.5: One epoch, exactly the book's loop; returns (perplexity, tokens/sec).
 
     `forward` replaces `net(X, state)` (same inputs, outputs and gradients), e.g. a
-    `fast.FastRNN`; by default the book's own forward runs. Under torchrun (`group`) this
-    rank trains on its rows of each minibatch, gradients are averaged over the ranks before
-    clipping, and perplexity and tokens/sec are the whole run's.
+    `fast.FastRNN` or `fast_cells.FastCells`; by default the book's own forward runs. Under
+    torchrun (`group`) this rank trains on its rows of each minibatch, gradients are averaged
+    over the ranks before clipping, and perplexity and tokens/sec are the whole run's.
+    `before_step()` runs before each minibatch (e.g. to set the learning rate); when it
+    returns False the epoch ends there.
     """
     forward = net if forward is None else forward
     state, start = None, time.perf_counter()
     loss_sum, num_tokens = 0.0, 0
     for X, Y in train_iter:
+        if before_step is not None and not before_step():
+            break
         X, Y = group.shard(X), group.shard(Y)
         if state is None or use_random_iter:
             # First minibatch, or random sampling: the state starts from zeros.
@@ -144,30 +159,104 @@ def train_epoch_ch8(net: RNNModelScratch, train_iter: Iterable, loss: nn.Module,
         num_tokens += y.numel()
     elapsed = group.max(time.perf_counter() - start)
     loss_sum, num_tokens = group.sum(loss_sum, num_tokens)
+    if not num_tokens:
+        return math.nan, 0.0
     return math.exp(loss_sum / num_tokens), num_tokens / elapsed
 
 
-@torch.no_grad()
-def evaluate_perplexity(net: RNNModelScratch, corpus: Sequence[int], batch_size: int,
-                        num_steps: int, device: torch.device | str,
-                        group: Group = SINGLE) -> float:
-    """Perplexity on held-out text: contiguous rows read in windows, state carried.
+def num_streams(corpus_length: int, streams: int, num_steps: int) -> int:
+    """How many contiguous streams `evaluate_loss` reads: `streams`, fewer for a short text."""
+    return max(1, min(streams, (corpus_length - 1) // num_steps))
 
-    Deterministic (offset 0, no random draws), so validating never changes the training run.
-    Under torchrun each rank reads its share of the rows and the loss sums are added up.
-    """
-    rows = max(1, min(batch_size, (len(corpus) - 1) // num_steps))
+
+@torch.no_grad()
+def evaluate_loss(net: RNNModelScratch, corpus: Sequence[int], streams: int, num_steps: int,
+                  device: torch.device | str, group: Group = SINGLE) -> float:
+    """Mean cross-entropy (nats per character) of predicting each held-out character from
+    those before it: the text cut into `num_streams(...)` contiguous streams (the last
+    (n − 1) mod streams characters dropped), each read in windows of `num_steps` with its
+    state carried from zeros. Deterministic (no random draws, dropout off), so validating
+    never changes the training run. Under torchrun each rank reads its share of the streams
+    and the loss sums are added up."""
+    rows = num_streams(len(corpus), streams, num_steps)
     n = (len(corpus) - 1) // rows * rows
     mine = group.rows(rows)
     Xs = torch.tensor(corpus[:n], device=device).reshape(rows, -1)[mine.start:mine.stop]
     Ys = torch.tensor(corpus[1:n + 1], device=device).reshape(rows, -1)[mine.start:mine.stop]
     state, loss_sum = net.begin_state(len(mine), device), 0.0
-    for i in range(0, Xs.shape[1] if len(mine) else 0, num_steps):
-        y_hat, state = net(Xs[:, i:i + num_steps], state)
-        y = Ys[:, i:i + num_steps].T.reshape(-1)
-        loss_sum += float(nn.functional.cross_entropy(y_hat, y, reduction="sum"))
+    with evaluating(net):
+        for i in range(0, Xs.shape[1] if len(mine) else 0, num_steps):
+            y_hat, state = net(Xs[:, i:i + num_steps], state)
+            y = Ys[:, i:i + num_steps].T.reshape(-1)
+            loss_sum += float(nn.functional.cross_entropy(y_hat, y, reduction="sum"))
     loss_sum, = group.sum(loss_sum)
-    return math.exp(loss_sum / n)  # n: every rank's labels together
+    return loss_sum / n  # n: every rank's labels together
+
+
+def evaluate_perplexity(net: RNNModelScratch, corpus: Sequence[int], batch_size: int,
+                        num_steps: int, device: torch.device | str,
+                        group: Group = SINGLE) -> float:
+    """Perplexity on held-out text: `batch_size` streams, see `evaluate_loss`."""
+    return math.exp(evaluate_loss(net, corpus, batch_size, num_steps, device, group))
+
+
+def loss_line(nats: float) -> str:
+    """`val loss 1.6234 nats/char, 2.3421 bits/char, perplexity 5.07`."""
+    return (f"val loss {nats:.4f} nats/char, {nats / math.log(2):.4f} bits/char, "
+            f"perplexity {math.exp(nats):.2f}")
+
+
+@contextlib.contextmanager
+def evaluating(net: nn.Module):
+    """net.eval() inside (dropout off), its previous mode after."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)
+
+
+class Schedule:
+    """What happens before each minibatch: the learning rate (constant as in the book, or
+    cosine decay from `lr` to `min_lr` over the run) and an optional wall-clock budget.
+
+    Progress runs from 0 to 1 over `max_time` seconds from `start` when there is a budget,
+    else over `total_steps` minibatches. Called before each minibatch; returns False (and
+    sets `expired`) once the budget is spent, so training stops at a minibatch boundary.
+    """
+
+    def __init__(self, updater, lr: float, min_lr: float | None = None,
+                 total_steps: int | None = None, max_time: float | None = None,
+                 start: float | None = None, steps_done: int = 0):
+        self.updater, self.lr, self.min_lr = updater, lr, min_lr
+        self.total_steps, self.max_time, self.steps = total_steps, max_time, steps_done
+        self.start = time.perf_counter() if start is None else start
+        self.expired = False
+        self.stopped_at: float | None = None   # seconds from `start` when the budget ran out
+        self.longest_step = 0.0                # the longest time between two calls
+        self._last: float | None = None
+
+    def progress(self) -> float:
+        if self.max_time:
+            return min(1.0, (time.perf_counter() - self.start) / self.max_time)
+        return min(1.0, self.steps / self.total_steps) if self.total_steps else 0.0
+
+    def __call__(self) -> bool:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.longest_step = max(self.longest_step, now - self._last)
+        self._last = now
+        if self.expired:
+            return False
+        if self.max_time and now - self.start >= self.max_time:
+            self.expired, self.stopped_at = True, now - self.start
+            return False
+        if self.min_lr is not None:
+            cosine = 0.5 * (1 + math.cos(math.pi * self.progress()))
+            set_lr(self.updater, self.min_lr + (self.lr - self.min_lr) * cosine)
+        self.steps += 1
+        return True
 
 
 @dataclass
@@ -185,12 +274,16 @@ def train_ch8(net: RNNModelScratch, train_iter: Iterable, vocab: Vocab, lr: floa
               batch_size: int = 32, num_steps: int = 35,
               on_epoch: Callable[[EpochResult], None] | None = None,
               log: Callable[[str], None] = print, kernel: str = "book",
-              group: Group = SINGLE) -> list[EpochResult]:
+              group: Group = SINGLE, schedule: Schedule | None = None,
+              prefixes: Sequence[str] = ("time traveller", "traveller")) -> list[EpochResult]:
     """§8.5: The book's `train_ch8`, plus optional validation, resume (`start_epoch`, `updater`),
     a per-epoch callback and a choice of training kernel: `book` runs the book's forward and
-    autograd, `fast` the same math through `fast.FastRNN` (the same gradients up to float
-    rounding, about twice the tokens/sec on CPU). Prints what the book prints through `log`.
-Under torchrun, `group` (see `distributed`) is this process's place in the run.
+    autograd, `fast` the same math through `fast_cells.fast_forward` (the same gradients up to
+    float rounding, about twice the tokens/sec on CPU). Prints what the book prints through
+    `log`: predictions of `prefixes` (the book's by default), made with dropout off. A
+    `schedule` sets the learning rate before each minibatch and may end the run at a
+    minibatch boundary (its time budget). Under torchrun, `group` (see `distributed`) is this
+    process's place in the run.
 
     Raises NonFiniteLossError when an epoch's loss is NaN or infinite.
     """
@@ -198,15 +291,18 @@ Under torchrun, `group` (see `distributed`) is this process's place in the run.
         raise ValueError(f"unknown kernel {kernel!r}; use one of {KERNELS}")
     loss = nn.CrossEntropyLoss()
     updater = make_updater(net, "sgd", lr) if updater is None else updater
-    forward = FastRNN(net) if kernel == "fast" else None
+    forward = fast_forward(net) if kernel == "fast" else None
 
     def predict(prefix):
-        return predict_ch8(prefix, 50, net, vocab, device)
+        with evaluating(net):
+            return predict_ch8(prefix, 50, net, vocab, device)
 
     history = []
     for epoch in range(start_epoch, num_epochs):
         ppl, speed = train_epoch_ch8(net, train_iter, loss, updater, device, use_random_iter,
-                                     forward, group)
+                                     forward, group, schedule)
+        if not speed:  # the budget ran out before this epoch's first minibatch
+            break
         if not math.isfinite(ppl):
             raise NonFiniteLossError(f"the loss became NaN or infinite in epoch {epoch + 1}; "
                                      "try a smaller --lr")
@@ -215,12 +311,14 @@ Under torchrun, `group` (see `distributed`) is this process's place in the run.
         result = EpochResult(epoch + 1, ppl, speed, val_ppl)
         history.append(result)
         if (epoch + 1) % 10 == 0:
-            log(predict("time traveller"))
+            log(predict(prefixes[0]))
         if on_epoch is not None:
             on_epoch(result)
+        if schedule is not None and schedule.expired:
+            break
     if history:
         ppl, speed = history[-1].ppl, history[-1].speed
         log(f"perplexity {ppl:.1f}, {speed:.1f} tokens/sec on {str(device)}")
-    log(predict("time traveller"))
-    log(predict("traveller"))
+    for prefix in prefixes:
+        log(predict(prefix))
     return history

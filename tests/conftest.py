@@ -14,6 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SHARED_DATA = ROOT.parent / "shared" / "data" / "timemachine.txt"
+SHARED_SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +36,41 @@ def data_path() -> Path:
     except DataError as e:
         pytest.fail(f"test data missing: the book's text is expected at {SHARED_DATA} or in "
                     f"{cache_dir()}/timemachine.txt, and downloading it failed ({e})", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def shakespeare_path() -> Path:
+    """tiny-shakespeare, found as `data_path` finds the book's text: $SHAKESPEARE_TXT, else
+    `../shared/data/tinyshakespeare.txt`, else the project's sha1-checked download; fails in
+    one line, never skips."""
+    from rnn_core.data import DataError, cache_dir, download_shakespeare
+    if os.environ.get("SHAKESPEARE_TXT"):
+        path = Path(os.environ["SHAKESPEARE_TXT"])
+        if not path.is_file():
+            pytest.fail(f"test data missing: SHAKESPEARE_TXT={path} is not a file", pytrace=False)
+        return path
+    if SHARED_SHAKESPEARE.is_file():
+        return SHARED_SHAKESPEARE
+    try:
+        return download_shakespeare()
+    except DataError as e:
+        pytest.fail(f"test data missing: tiny-shakespeare is expected at {SHARED_SHAKESPEARE} or "
+                    f"in {cache_dir()}/tinyshakespeare.txt, and downloading it failed ({e})",
+                    pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def d2l(data_path):
+    """The book's own library (d2l 0.17.6), reading the local copy of its text."""
+    from d2l_book import load_d2l
+    return load_d2l(data_path)
+
+
+@pytest.fixture(scope="module")
+def book_corpus(data_path):
+    """The book's corpus and vocabulary: the first 10,000 characters, as in §8.5 and ch. 9."""
+    from rnn_core.data import load_corpus, read_text
+    return load_corpus(read_text(data_path), "book", 10000)
 
 
 @pytest.fixture(scope="session")

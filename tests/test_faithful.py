@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from d2l_book import get_params, init_rnn_state, load_d2l, rnn
+from d2l_book import get_params, init_rnn_state, rnn
 from rnn_core.data import (SeqDataLoader, Vocab, load_corpus, normalize_prompt, normalize_text,
                            read_text, seq_data_iter_random, seq_data_iter_sequential)
 from rnn_core.generation import Generator, generate_text, predict_ch8
@@ -17,16 +17,6 @@ from rnn_core.training import grad_clipping, make_updater, sgd, train_epoch_ch8
 
 BOOK_ORDER = ["<unk>", " ", "e", "t", "a", "i", "n", "o", "s", "h", "r", "d", "l", "m", "u",
               "c", "f", "w", "g", "y", "p", "b", "v", "k", "x", "z", "j", "q"]
-
-
-@pytest.fixture(scope="module")
-def d2l(data_path):
-    return load_d2l(data_path)
-
-
-@pytest.fixture(scope="module")
-def book_corpus(data_path):
-    return load_corpus(read_text(data_path), "book", 10000)
 
 
 # --- text and vocabulary -------------------------------------------------------------------
