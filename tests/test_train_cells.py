@@ -70,7 +70,7 @@ def test_old_rnn_checkpoints_load_as_the_rnn(bundled_checkpoint):
     assert "arch" not in json.loads((bundled_checkpoint / "config.json").read_text())
     ckpt = load_checkpoint(bundled_checkpoint)
     assert (ckpt.net.arch, ckpt.net.num_layers, ckpt.net.dropout) == ("rnn", 1, 0.0)
-    assert ckpt.config["arch"] == "rnn"
+    assert ckpt.config.arch == "rnn"
 
 
 @pytest.mark.parametrize("edit, message", [
