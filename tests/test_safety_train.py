@@ -524,19 +524,35 @@ def test_push_to_hub_checks_the_token_with_the_hub_before_training(hub, tmp_path
     assert "alice/never" not in hub.repos
 
 
-@pytest.mark.parametrize("training", [["a", "list"], "n/a", {"final_ppl": 10 ** 400, "num_epochs": "n/a",
-                                                             "best_val_ppl": [1], "command": 7}])
-def test_push_only_with_odd_training_metadata_pushes_a_sane_card(hub, tmp_path, run2, training):
+@pytest.mark.parametrize("training, words", [
+    (["a", "list"], "training must be a JSON object"),
+    ("n/a", "training must be a JSON object"),
+    ({"final_ppl": 10 ** 400, "num_epochs": 3}, "training.final_ppl must be a number"),
+])
+def test_push_only_with_unreadable_training_metadata_is_refused_in_one_line(hub, tmp_path, run2, training,
+                                                                    words):
     folder = tmp_path / "run"
     shutil.copytree(run2, folder)
     config = json.loads((folder / "config.json").read_text())
     config["training"] = training
     (folder / "config.json").write_text(json.dumps(config))
     repo = f"alice/odd-{abs(hash(json.dumps(training))) % 10 ** 8}"
-    proc = train("--push-only", folder, "--push-to-hub", repo, env=hub_env(hub, tmp_path))
+    proc = train("--push-only", folder, "--push-to-hub", repo, env=hub_env(hub, tmp_path), check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], proc.stderr
+    assert len(lines[0]) < 400 and repo not in hub.repos
+
+
+def test_push_only_with_odd_training_entries_pushes_a_sane_card(hub, tmp_path, run2):
+    folder = tmp_path / "run"
+    shutil.copytree(run2, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["training"] = {"final_ppl": "n/a", "num_epochs": "n/a", "best_val_ppl": [1], "command": 7}
+    (folder / "config.json").write_text(json.dumps(config))
+    proc = train("--push-only", folder, "--push-to-hub", "alice/odd", env=hub_env(hub, tmp_path))
     assert "Traceback" not in proc.stderr and "pushed" in proc.stdout
-    card = hub.files(repo)["README.md"].decode()
-    assert "| train perplexity | — |" in card
+    assert "| train perplexity | — |" in hub.files("alice/odd")["README.md"].decode()
 
 
 def test_push_only_refuses_a_folder_a_run_is_writing(hub, tmp_path, data_path, start):
