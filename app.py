@@ -12,8 +12,10 @@ from __future__ import annotations
 import base64
 import copy
 import ctypes
+import functools
 import gc
 import html
+import inspect
 import logging
 import os
 import re
@@ -28,12 +30,13 @@ import torch
 from huggingface_hub import constants
 from starlette.middleware import Middleware
 
+from rnn_core import inspector, views
 from rnn_core.card import BOOK_URL
 from rnn_core.cells import describe
-from rnn_core.chat import (MAX_LENGTH, MAX_SEED, MAX_SERVED_PARAMETERS, MAX_TEMPERATURE,
-                           ChatError, ChatSession, LoadGate, ModelCache, Settings, check_message,
-                           check_settings, describe_vocab, num_params, read_as, read_text,
-                           resolve_model_ref, stream_reply, stream_together)
+from rnn_core.chat import (MAX_LENGTH, MAX_MESSAGE_CHARS, MAX_SEED, MAX_SERVED_PARAMETERS,
+                           MAX_TEMPERATURE, ChatError, ChatSession, LoadGate, ModelCache,
+                           Settings, check_message, check_settings, describe_vocab, num_params,
+                           read_as, read_text, resolve_model_ref, stream_reply, stream_together)
 from rnn_core.checkpoint import (Checkpoint, CheckpointError, Summary, checkpoint_folders,
                                  load_checkpoint)
 from rnn_core.hub import hub_answers, load_from_hub, load_model
@@ -560,6 +563,271 @@ async def compare(message, length, top_k, seed, third, *panes, request: gr.Reque
                 yield *texts, *[gr.skip()] * len(idle), CLEAR
 
 
+# ---------------------------------------------------------------- inside the model
+# The views of rnn_core/inspector.py, drawn by rnn_core/views.py. Reading a text runs in a
+# worker thread (a few hundred ms for 2,000 characters); step mode touches the session's
+# state and runs on the event loop (microseconds a step).
+
+INSPECT_CONCURRENCY = 1   # one visitor's reading at a time: the chat's streams keep the cores
+
+
+def _passage(text, session: ChatSession) -> tuple[str, str]:
+    """The visitor's text, or (empty box) this conversation as the state read it."""
+    if isinstance(text, str) and text.strip():
+        return text, ""
+    passage, note = inspector.conversation_passage(session.turns, MAX_MESSAGE_CHARS)
+    if not passage.strip():
+        raise ChatError("nothing to read yet: paste a text, or chat first and read the conversation")
+    return passage, note or "this conversation, as the model read it"
+
+
+def reading(what: str):
+    """A reading handler (run in a worker thread): refusals, such as a model the server
+    unloaded, become one-line error events; anything unexpected is `failed`."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args):
+            try:
+                return fn(*args)
+            except ChatError as e:
+                raise refused(e) from None
+            except gr.Error:
+                raise
+            except Exception as e:
+                raise failed(e, what) from None
+        return run
+    return wrap
+
+
+@reading("scoring the text")
+def score_api(text, session):
+    """/score(text): each character's probability, surprisal and the top 5, as JSON."""
+    session = session_of(session)
+    return inspector.score(session.ckpt, text).to_json(), session
+
+
+@reading("tracing the unit")
+def trace_api(text, unit, session):
+    """/trace(text, unit): the unit's value after each character (and the LSTM cell's)."""
+    session = session_of(session)
+    return inspector.trace(session.ckpt, text, unit), session
+
+
+@reading("reading the text")
+def read_along(text, session):
+    """The read-along view of the pasted text or the conversation."""
+    session = session_of(session)
+    passage, note = _passage(text, session)
+    return views.surprisal_html(inspector.score(session.ckpt, passage).to_json(), note), session
+
+
+@reading("ranking the units")
+def unit_choices(text, session):
+    """The ranked units, as dropdown choices (label, "kind:unit")."""
+    session = session_of(session)
+    ckpt = session.ckpt
+    try:
+        passage = _passage(text, session)[0] if (text or session.turns) else ""
+        fallback = inspector.prepare(ckpt, passage) if passage else ""
+    except ChatError:
+        fallback = ""
+    notes = inspector.notes_for(ckpt)
+    if notes.training_text is None and not fallback:
+        return gr.Dropdown(choices=[], info="paste a text first: units are ranked on it"), session
+    ranked, on = notes.ranking(fallback)
+    choices = [(f"{r['kind']} unit {r['unit']} · {r['property']} · r = {r['correlation']:+.2f}",
+                f"{r['kind']}:{r['unit']}") for r in ranked]
+    return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None,
+                       info=f"ranked on {on}"), session
+
+
+def pick_unit(choice):
+    """A ranked unit was chosen: put it in the unit box and the state choice."""
+    if not isinstance(choice, str) or ":" not in choice:
+        return gr.skip(), gr.skip()
+    kind, unit = choice.split(":", 1)
+    return int(unit), kind
+
+
+@reading("tracing the unit")
+def trace_view(text, unit, kind, session):
+    """The text coloured by one unit of the hidden state (or of an LSTM's memory cell)."""
+    session = session_of(session)
+    traced = inspector.trace(session.ckpt, _passage(text, session)[0], unit)
+    if kind == "cell" and "cell" not in traced:
+        raise ChatError("this model has no memory cell (an LSTM has); trace a hidden unit")
+    return views.trace_html(traced, "cell" if kind == "cell" else "hidden"), session
+
+
+@reading("explaining the reply")
+def why_view(session):
+    """The last reply with the distribution each character was drawn from."""
+    session = session_of(session)
+    if not session.turns:
+        return views.why_html({"chars": []}), session
+    return views.why_html(inspector.explain(session.ckpt, session.turns[-1])), session
+
+
+@reading("explaining the reply")
+def why_api(session):
+    """/why(): the last reply, each character with its sampler distribution and rank."""
+    session = session_of(session)
+    if not session.turns:
+        raise ChatError("no reply yet: send a message first")
+    return inspector.explain(session.ckpt, session.turns[-1]), session
+
+
+@reading("checking for memorisation")
+def memorised_view(min_len, session):
+    """The last reply with its verbatim spans from the training text."""
+    session = session_of(session)
+    notes = inspector.notes_for(session.ckpt)
+    if notes.training_text is None:
+        return views.memorised_html(None, notes.why_no_training_text), session
+    if not session.turns:
+        return views.memorised_html(None, "No reply yet: send a message first."), session
+    mem = inspector.memorised_turn(notes.training_text, session.turns[-1], min_len)
+    return views.memorised_html(mem.to_json()), session
+
+
+def _step_view(session: ChatSession, settings) -> str:
+    options, caption = inspector.step_options(session.ckpt, session.next_logits(), settings)
+    return views.bars_html(options, caption)
+
+
+async def step_begin(message, length, temperature, top_k, session):
+    """Step mode: read the message (as Send would) and show the next-character bars."""
+    session = session_of(session)
+    async with session.lock:
+        try:
+            settings = check_settings(length, temperature, top_k, len(session.ckpt.vocab))
+            await session.step_start(message)
+            bars = _step_view(session, settings)
+        except ChatError as e:
+            raise refused(e) from None
+        except Exception as e:
+            raise failed(e, "the step") from None
+        finally:
+            session.park()
+    return view(session), "", bars, session
+
+
+async def _step(session, length, temperature, top_k, action):
+    """Run one step-mode action on the session, then redraw the chat and the bars."""
+    session = session_of(session)
+    async with session.lock:
+        try:
+            settings = check_settings(length, temperature, top_k, len(session.ckpt.vocab))
+            done = action(session, settings)
+            if inspect.isawaitable(done):
+                await done
+            bars = _step_view(session, settings)
+        except ChatError as e:
+            raise refused(e) from None
+        except Exception as e:
+            raise failed(e, "the step") from None
+        finally:
+            session.park()
+    return view(session), bars, session
+
+
+async def step_choose(length, temperature, top_k, session, evt: gr.EventData):
+    """A bar was clicked: append that character."""
+    data = getattr(evt, "_data", None)
+    choice = data.get("choice") if isinstance(data, dict) else None
+    if not isinstance(choice, str):
+        return gr.skip(), gr.skip(), session_of(session)
+    return await _step(session, length, temperature, top_k, lambda s, _: s.step(choice))
+
+
+async def step_model(length, temperature, top_k, session):
+    """Let the model choose the next character (greedy or sampled by the sliders)."""
+    return await _step(session, length, temperature, top_k, ChatSession.step_auto)
+
+
+async def step_back(length, temperature, top_k, session):
+    """Remove the last stepped character; the state returns to exactly before it."""
+    return await _step(session, length, temperature, top_k, lambda s, _: s.step_back())
+
+
+BARS_JS = """element.addEventListener('click', (e) => {
+  const b = e.target.closest('button[data-choice]');
+  if (b) trigger('click', {choice: b.dataset.choice});
+});"""
+
+
+def build_inside(session, chatbot, message, length, temperature, top_k) -> None:
+    """The "Inside the model" part of the page and its API (/score, /trace, /why)."""
+    limits = {"concurrency_limit": INSPECT_CONCURRENCY, "concurrency_id": "inspect"}
+    with gr.Accordion("Inside the model", open=False, elem_id="inside"):
+        text = gr.Textbox(label="Text to look at", lines=3, max_length=MAX_MESSAGE_CHARS,
+                          placeholder="Paste a text, or leave empty to read this conversation",
+                          elem_id="inside-text")
+        with gr.Tabs():
+            with gr.Tab("Read-along", id="readalong"):
+                gr.Markdown("How surprised the model is by each character: read from a fresh "
+                            "state as the book's loss reads it, each character predicted from "
+                            "the ones before. Point at (or tap) a character for the model's top 5.")
+                read_btn = gr.Button("Read", elem_id="read-btn")
+                read_out = gr.HTML(js_on_load=None, elem_id="readalong")
+            with gr.Tab("Why this character", id="why"):
+                why_btn = gr.Button("Explain the last reply", elem_id="why-btn")
+                why_out = gr.HTML(js_on_load=None, elem_id="why")
+            with gr.Tab("Step mode", id="step"):
+                gr.Markdown("Advance the reply one character at a time: type a message above, "
+                            "press **Step**, then click a bar or let the model choose. The "
+                            "conversation continues from exactly what was chosen.")
+                with gr.Row():
+                    step_btn = gr.Button("Step (from my message)", elem_id="step-btn")
+                    model_btn = gr.Button("Let the model choose", elem_id="step-model")
+                    back_btn = gr.Button("Step back", elem_id="step-back")
+                bars = gr.HTML(js_on_load=BARS_JS, elem_id="bars")
+            with gr.Tab("Neuron tracer", id="tracer"):
+                with gr.Row():
+                    ranked = gr.Dropdown(label="Units worth looking at", choices=[],
+                                         elem_id="unit-list", scale=3)
+                    unit = gr.Number(label="Unit", value=0, precision=0, minimum=0,
+                                     elem_id="unit-number", scale=1)
+                    kind = gr.Radio(["hidden", "cell"], value="hidden", label="State",
+                                    info="cell: an LSTM's memory", elem_id="unit-kind", scale=1)
+                with gr.Row():
+                    rank_btn = gr.Button("Rank units", elem_id="rank-btn")
+                    trace_btn = gr.Button("Trace", elem_id="trace-btn")
+                trace_out = gr.HTML(js_on_load=None, elem_id="tracer")
+            with gr.Tab("Memorisation", id="memorisation"):
+                min_len = gr.Slider(5, 100, value=inspector.MIN_SPAN, step=1,
+                                    label="Shortest span counted (characters)", elem_id="min-span")
+                mem_btn = gr.Button("Check the last reply", elem_id="mem-btn")
+                mem_out = gr.HTML(js_on_load=None, elem_id="memorisation")
+    sliders = [length, temperature, top_k, session]
+    read_btn.click(read_along, [text, session], [read_out, session], api_visibility="private", **limits)
+    why_btn.click(why_view, [session], [why_out, session], api_visibility="private", **limits)
+    mem_btn.click(memorised_view, [min_len, session], [mem_out, session],
+                  api_visibility="private", **limits)
+    rank_btn.click(unit_choices, [text, session], [ranked, session], api_visibility="private",
+                   **limits)
+    trace_btn.click(trace_view, [text, unit, kind, session], [trace_out, session],
+                    api_visibility="private", **limits)
+    ranked.input(pick_unit, [ranked], [unit, kind], api_visibility="private").then(
+        trace_view, [text, unit, kind, session], [trace_out, session], api_visibility="private",
+        **limits)
+    stepping = {"api_visibility": "private", "show_progress": "hidden", "preprocess": False,
+                "postprocess": False}
+    step_btn.click(step_begin, [message, *sliders], [chatbot, message, bars, session], **stepping)
+    bars.click(step_choose, sliders, [chatbot, bars, session], **stepping)
+    model_btn.click(step_model, sliders, [chatbot, bars, session], **stepping)
+    back_btn.click(step_back, sliders, [chatbot, bars, session], **stepping)
+
+    # The API: /score(text), /trace(text, unit), /why() return JSON.
+    result = gr.JSON(visible=False)
+    api_unit = gr.Number(visible=False, precision=0)
+    gr.Button(visible=False).click(score_api, [text, session], [result, session],
+                                   api_name="score", **limits)
+    gr.Button(visible=False).click(trace_api, [text, api_unit, session], [result, session],
+                                   api_name="trace", **limits)
+    gr.Button(visible=False).click(why_api, [session], [result, session], api_name="why", **limits)
+
+
 # ---------------------------------------------------------------- the page
 
 INTRO = f"""# Time Machine char-RNN
@@ -720,6 +988,8 @@ def build() -> gr.Blocks:
               concurrency_limit=CHAT_CONCURRENCY // COMPARE_PANES, concurrency_id="compare",
               show_progress="hidden", trigger_mode="once", preprocess=False)
 
+        build_inside(session, conversation, message, length, temperature, top_k)
+
         # The API: /chat(message, length, temperature, top_k) streams the reply as plain
         # text; /load_model(ref, revision) and /new_chat as before the page had its own.
         with gr.Column(visible=False):
@@ -807,6 +1077,6 @@ if __name__ == "__main__":
     # Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT. Gradio runs at most
     # max_threads events at once whatever their concurrency limits, so it is raised to match.
     # Uploads: closed by NoUploads; max_file_size and the cache cleanup stand behind it.
-    demo.launch(css=CSS, theme=THEME, max_threads=CHAT_CONCURRENCY + 16,
+    demo.launch(css=CSS + views.CSS, theme=THEME, max_threads=CHAT_CONCURRENCY + 16,
                 state_session_capacity=SESSIONS_KEPT, max_file_size=0,
                 app_kwargs={"middleware": [Middleware(NoUploads)]})

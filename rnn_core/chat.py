@@ -40,7 +40,7 @@ import torch
 
 from .checkpoint import Checkpoint
 from .data import Vocab, normalize_prompt
-from .generation import Generator
+from .generation import Generator, pick
 
 MAX_LENGTH = 1000            # characters per reply (the length slider's maximum)
 MAX_TEMPERATURE = 2.0
@@ -176,23 +176,25 @@ def join_separator(transcript: str, message: str) -> str:
     return ""
 
 
-def check_message(message, vocab: Vocab, normalization: str, verbatim: bool = False) -> str:
-    """Normalise a message as the training text was, refusing what the model cannot read.
+def check_message(message, vocab: Vocab, normalization: str, verbatim: bool = False,
+                  noun: str = "message") -> str:
+    """Normalise a message (or any visitor text: `noun` names it) as the training text was,
+    refusing what the model cannot read: the one rule for text a visitor gives the model.
     `verbatim`: the text is read as it is (text the model read before, e.g. a share link's
     earlier conversation, which normalising again could change: runs of spaces)."""
     if not isinstance(message, str):
-        raise ChatError(f"the message must be text, got {type(message).__name__}")
+        raise ChatError(f"the {noun} must be text, got {type(message).__name__}")
     if len(message) > MAX_MESSAGE_CHARS:
-        raise ChatError(f"the message is {len(message):,} characters long; the limit is "
-                        f"{MAX_MESSAGE_CHARS:,}: send a shorter passage")
+        raise ChatError(f"the {noun} is {len(message):,} characters long; the limit is "
+                        f"{MAX_MESSAGE_CHARS:,}: use a shorter passage")
     if not message.strip():
-        raise ChatError("the message is empty: type some text for the model to continue")
+        raise ChatError(f"the {noun} is empty: give some text for the model to read")
     if SURROGATE.search(message):
-        raise ChatError("the message holds a lone UTF-16 surrogate, which is not text: send "
-                        "plain Unicode text")
+        raise ChatError(f"the {noun} holds a lone UTF-16 surrogate, which is not text: "
+                        "send plain Unicode text")
     text = message if verbatim else read_as(message, vocab, normalization).text
     if not any(ch in vocab.token_to_idx for ch in text if not ch.isspace()):
-        raise ChatError("the model cannot read any character of this message; it knows only: "
+        raise ChatError(f"the model cannot read any character of this {noun}; it knows only: "
                         f"{describe_vocab(vocab)}")
     return text
 
@@ -213,6 +215,7 @@ class Turn:
     changes: str = ""        # what normalisation changed in the message, in words (Reading)
     settings: Settings | None = None   # what the reply was made with (set when it starts)
     wanted: int = 0          # characters the reply was to have (within the transcript limit)
+    stepped: bool = False    # advanced one character at a time (step mode)
 
     @property
     def stopped(self) -> bool:
@@ -330,6 +333,61 @@ class ChatSession:
                 turn.reply += ch
                 yield ch
         return recorded()
+
+    # ------------------------------------------------------------ step mode
+
+    async def step_start(self, message: str) -> Turn:
+        """Begin a turn whose reply is advanced one character at a time (`step`): the
+        message is read as for a reply."""
+        turn = self.start(message)
+        try:
+            await self.read(turn.read)
+        except BaseException:   # cancelled while reading: as if the message was never sent
+            self.undo()
+            raise
+        turn.stepped = True
+        return turn
+
+    def stepping(self) -> Turn:
+        """The turn being stepped, or a ChatError saying how to begin one."""
+        turn = self.turns[-1] if self.turns else None
+        if turn is None or not turn.stepped or not turn.open:
+            raise ChatError("step mode is not on: type a message and press Step to begin")
+        return turn
+
+    def next_logits(self) -> torch.Tensor:
+        """The logits for the stepped reply's next character; the state is left as it was."""
+        self.stepping()
+        return self.generator().peek()
+
+    def step(self, token: str) -> str:
+        """Append `token` (a character of the vocabulary) to the stepped reply and read it."""
+        turn = self.stepping()
+        if token not in self.ckpt.vocab.token_to_idx or token == "<unk>":
+            raise ChatError(f"{token!r:.20} is not a character this model can write")
+        if len(turn.reply) >= min(MAX_LENGTH, turn.room):
+            raise ChatError(f"this reply has reached its limit ({len(turn.reply):,} characters): "
+                            "send a new message")
+        self.generator().read(token)
+        turn.reply += token
+        return token
+
+    def step_auto(self, settings: Settings) -> str:
+        """Let the model choose the next character as a reply would (greedy or sampled)."""
+        idx = pick(self.next_logits(), settings.temperature, settings.top_k, self.rng)
+        return self.step(self.ckpt.vocab.idx_to_token[idx])
+
+    async def step_back(self) -> str:
+        """Remove the stepped reply's last character; the state is re-read to exactly what it
+        was before that character (from the turn's start, so nothing is kept per step)."""
+        turn = self.stepping()
+        if not turn.reply:
+            raise ChatError("nothing to step back: the reply is empty")
+        removed, turn.reply = turn.reply[-1], turn.reply[:-1]
+        H, last = turn.before       # a copy: the generator reuses the tensor it starts from
+        self.gen, self.position = None, (H.clone(), last)
+        await self.read(turn.read + turn.reply)
+        return removed
 
     def undo(self) -> Turn | None:
         """Remove the last turn and rewind the state to before it; returns the removed turn."""

@@ -11,7 +11,7 @@ import bisect
 import functools
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -115,6 +115,15 @@ class Generator:
         torch.mm(H, self.W_hq, out=self._Y).add_(self.b_q)
         return self._logits
 
+    def peek(self) -> torch.Tensor:
+        """The logits for the next character (a copy), the stream left exactly as it was."""
+        if self.last is None:
+            raise ValueError("feed some text first; the model needs a character to read")
+        snap = self.snapshot()
+        logits = self._step(self.last).clone()
+        self.restore(snap)
+        return logits
+
     def feed(self, text: str) -> str:
         """Normalise `text` as the training text was and read it; returns what was read."""
         text = normalize_prompt(text, self.normalization)
@@ -165,26 +174,31 @@ def check_generation_settings(num_preds, temperature, top_k) -> None:
                                            f"{temperature!r:.40}")
 
 
-def pick(logits: torch.Tensor, temperature: float, top_k: int,
-         rng: torch.Generator | None = None) -> int:
-    """Choose the next token id from 1-D logits: argmax, or a (top-k) temperature sample.
+def candidates(logits: torch.Tensor, temperature: float, top_k: int
+               ) -> tuple[Sequence[int], list[float]]:
+    """The sampler's distribution over the next token, as `pick` draws from it: candidate ids
+    (`top_k` largest logits, most likely first, or every id in vocabulary order) and their
+    cumulative weights exp((z - max) / temperature), i.e. softmax(z / temperature) unnormalised.
 
-    A sample draws one uniform number from `rng` and finds it among the cumulative weights
-    exp((z - max) / temperature) of the candidates (the `top_k` largest logits, or all): that
-    is softmax(z / temperature) sampling. `<unk>` (index 0) stands for no character and is
-    never drawn, so sampled text reads back as the tokens that were read (at temperature 2
-    the bundled model would otherwise draw it about once in 8,000 characters). On a few dozen
-    logits plain Python is several times faster than a chain of tiny tensor ops
-    (bench/generation_latency.py).
-    """
-    if temperature <= 0:
-        return int(logits.argmax())
+    `<unk>` (index 0) stands for no character and is never a candidate, so sampled text reads
+    back as the tokens that were read (at temperature 2 the bundled model would otherwise draw
+    it about once in 8,000 characters). On a few dozen logits plain Python is several times
+    faster than a chain of tiny tensor ops (bench/generation_latency.py)."""
     z = logits.tolist()
     ids = range(1, len(z))
     if 0 < top_k < len(ids):
         ids = sorted(ids, key=z.__getitem__, reverse=True)[:top_k]
     top = max(z[i] for i in ids)
-    cumulative = list(itertools.accumulate(math.exp((z[i] - top) / temperature) for i in ids))
+    return ids, list(itertools.accumulate(math.exp((z[i] - top) / temperature) for i in ids))
+
+
+def pick(logits: torch.Tensor, temperature: float, top_k: int,
+         rng: torch.Generator | None = None) -> int:
+    """Choose the next token id from 1-D logits: argmax (temperature 0), or one uniform number
+    from `rng` found among the cumulative weights of `candidates`."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    ids, cumulative = candidates(logits, temperature, top_k)
     u = float(torch.rand((), generator=rng)) * cumulative[-1]
     return ids[bisect.bisect_right(cumulative, u)]
 

@@ -4,11 +4,13 @@
     trace(ckpt, text, unit)    one unit's value in the state after each character
     rank_units(ckpt, text)     units whose activation tracks simple properties of the text
     memorised(text, training)  spans that occur verbatim in the model's training text
+    explain(ckpt, turn)        a chat reply: the distribution each character was drawn from
 
 A text is read the way the book's loss reads it (§8.5, `train_epoch_ch8`): from a zero state,
 character t+1 predicted after reading 1..t, so the first character is read but not scored.
 Every number comes from the model's own `forward(X, state)`: the math lives in the model, and
-whatever cell it has (RNN, GRU, LSTM, several layers) is read the same way. Input text
+whatever cell it has (RNN, GRU, LSTM, several layers) is read the same way (`explain` re-reads a
+reply through the `Generator` that drew it, for the very logits it was drawn from). Input text
 follows the chat's rule (`chat.check_message`: normalised as the training text was, the same
 length limit, the same refusals).
 """
@@ -21,9 +23,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .chat import ChatError, check_message
+from .chat import ChatError, Turn, check_message
 from .checkpoint import Checkpoint, read_training_text
 from .data import Vocab
+from .generation import Generator, candidates
 
 TOP_K = 5                 # next-token candidates reported per scored character
 MIN_SPAN = 20             # default shortest verbatim span counted as memorised
@@ -44,7 +47,7 @@ class InspectError(ChatError):
 def prepare(ckpt: Checkpoint, text, min_chars: int = 1) -> str:
     """The text as the model reads it (the chat's normalisation, limits and refusals); at
     least `min_chars` characters after normalisation."""
-    text = check_message(text, ckpt.vocab, ckpt.normalization)
+    text = check_message(text, ckpt.vocab, ckpt.normalization, noun="text")
     if len(text) < min_chars:
         raise InspectError(f"the text has {len(text)} character(s) after normalisation; give at "
                            f"least {min_chars}: the first character is read, never scored")
@@ -331,6 +334,89 @@ def _covered(spans: list[dict], start: int, end: int) -> int:
             total += hi - lo
             reach = hi
     return total
+
+
+# ---------------------------------------------------------------- why this character
+
+def explain(ckpt: Checkpoint, turn: Turn) -> dict:
+    """A chat turn's reply, character by character, with the distribution it was drawn from.
+
+    The state is re-read from the turn's start (its snapshot, its message), so the logits are
+    bit for bit those the reply was drawn from, and `generation.candidates` gives the
+    sampler's exact distribution after temperature and top-k: `distribution` lists
+    [token, probability] in the order the sampler lays them out (replaying its uniform draws
+    on their cumulative sum reproduces the reply), `rank` is the character's place by
+    probability (1 = most likely). A greedy reply takes the most likely of softmax(logits),
+    shown as the distribution; so does a reply chosen step by step."""
+    gen = Generator(ckpt.net, ckpt.vocab, ckpt.normalization)
+    gen.restore(turn.before)
+    gen.read(turn.read)
+    settings = turn.settings
+    sampled = settings is not None and settings.temperature > 0
+    names, chars = ckpt.vocab.idx_to_token, []
+    for ch in turn.reply:
+        logits = gen.peek()
+        if sampled:
+            ids, cumulative = candidates(logits, settings.temperature, settings.top_k)
+            weights = [b - a for a, b in zip([0.0, *cumulative], cumulative)]
+            probs = [w / cumulative[-1] for w in weights]
+        else:
+            ids, probs = range(len(names)), torch.softmax(logits.double(), 0).tolist()
+        distribution = [[names[i], p] for i, p in zip(ids, probs)]
+        p_ch = next((p for tok, p in distribution if tok == ch), 0.0)
+        rank = 1 + sum(p > p_ch for _, p in distribution)
+        chars.append({"char": ch, "rank": rank, "prob": p_ch, "distribution": distribution})
+        gen.read(ch)
+    if turn.stepped:
+        how = "chosen step by step"
+    elif sampled:
+        how = f"sampled at temperature {settings.temperature:g}" + \
+            (f", top-k {settings.top_k}" if 0 < settings.top_k < len(names) - 1 else "")
+    else:
+        how = "greedy (the most likely character each time)"
+    return {"message": turn.text, "reply": turn.reply, "sampler": how, "chars": chars}
+
+
+def conversation_passage(turns, limit: int) -> tuple[str, str]:
+    """What the read-along reads by default: the conversation's transcript exactly as the
+    state read it, or, when longer than `limit`, its latest turns that fit (the last `limit`
+    characters if one turn alone is longer), with a note saying what was left out."""
+    texts = [t.read + t.reply for t in turns]
+    whole = "".join(texts)
+    if len(whole) <= limit:
+        return whole, ""
+    kept = ""
+    for text in reversed(texts):
+        if len(kept) + len(text) > limit:
+            break
+        kept = text + kept
+    kept = (kept or whole[-limit:]).lstrip()
+    return kept, (f"the conversation's last {len(kept):,} of {len(whole):,} characters, "
+                  "read from a fresh state")
+
+
+def step_options(ckpt: Checkpoint, logits: torch.Tensor, settings) -> tuple[list, str]:
+    """Step mode's next-character candidates, most likely first, as [token, probability]:
+    the sampler's distribution when sampling, else the model's softmax (greedy takes the
+    first). `<unk>` is left out: it stands for no character and cannot be chosen."""
+    names = ckpt.vocab.idx_to_token
+    if settings.temperature > 0:
+        ids, cumulative = candidates(logits, settings.temperature, settings.top_k)
+        weights = [b - a for a, b in zip([0.0, *cumulative], cumulative)]
+        pairs = [(names[i], w / cumulative[-1]) for i, w in zip(ids, weights)]
+        caption = (f"the sampler's distribution (temperature {settings.temperature:g}"
+                   f"{f', top-k {settings.top_k}' if settings.top_k else ''}): click a bar, or let "
+                   "the model draw")
+    else:
+        probs = torch.softmax(logits.double(), 0).tolist()
+        pairs = [(names[i], probs[i]) for i in range(1, len(names))]
+        caption = "the model's probabilities (temperature 0: the model takes the top one): click a bar"
+    return sorted(pairs, key=lambda tp: -tp[1]), caption
+
+
+def memorised_turn(training: str, turn: Turn, min_len: int = MIN_SPAN) -> Memorisation:
+    """`memorised` for a chat reply, read after its message (a span may begin there)."""
+    return memorised(turn.read + turn.reply, training, start=len(turn.read), min_len=min_len)
 
 
 # ---------------------------------------------------------------- per-model caches

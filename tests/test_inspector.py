@@ -3,6 +3,10 @@ activations against a direct forward pass, the unit ranking, memorisation agains
 text, the training text a checkpoint carries, and `python -m rnn_core score` as users run it."""
 from __future__ import annotations
 
+import asyncio
+import bisect
+import html.parser
+import itertools
 import json
 import lzma
 import math
@@ -18,7 +22,7 @@ import torch
 from torch import nn
 
 from d2l_book import get_params, init_rnn_state, load_d2l, rnn
-from rnn_core import inspector
+from rnn_core import inspector, views
 from rnn_core.chat import MAX_MESSAGE_CHARS
 from rnn_core.checkpoint import (TRAINING_TEXT_NAME, Checkpoint, CheckpointError,
                                  load_checkpoint, read_training_text)
@@ -384,3 +388,168 @@ def test_score_cli_refuses_in_one_line(bundled_checkpoint, tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1 and reason in r.stderr, (args, r.stderr)
     r = cli("--model", str(bundled_checkpoint), "--text", "a", "--file", str(long))
     assert r.returncode == 2 and "not allowed with argument" in r.stderr
+
+
+# ---------------------------------------------------------------- why this character, step mode
+
+from rnn_core.chat import ChatError, ChatSession, Settings, Turn   # noqa: E402
+from bench.conversations import continuation                       # noqa: E402
+
+
+def said(session: ChatSession, message: str, settings: Settings) -> tuple[Turn, str]:
+    """A turn as the app makes it: the message read into the state, then the reply drawn."""
+    turn = session.start(message)
+    asyncio.run(session.read(turn.read))
+    return turn, "".join(session.reply(turn, settings))
+
+
+@pytest.mark.parametrize("temperature, top_k", [(0.9, 0), (1.3, 5), (0.4, 1)])
+def test_why_shows_the_distribution_the_sampler_drew_from(bundled, temperature, top_k):
+    """Replaying the shown distributions with the same uniform draws reproduces the reply."""
+    session = ChatSession(bundled, seed=7)
+    turn, reply = said(session, "the time traveller said", Settings(120, temperature, top_k))
+    explained = inspector.explain(bundled, turn)
+    assert explained["reply"] == reply and len(explained["chars"]) == 120
+    rng = torch.Generator().manual_seed(7)
+    replayed = ""
+    for c in explained["chars"]:
+        probs = [p for _, p in c["distribution"]]
+        assert sum(probs) == pytest.approx(1.0) and all(p > 0 for p in probs)
+        assert "<unk>" not in [t for t, _ in c["distribution"]]
+        assert len(probs) == (top_k or len(bundled.vocab) - 1)
+        cumulative = list(itertools.accumulate(probs))
+        u = float(torch.rand((), generator=rng)) * cumulative[-1]
+        replayed += c["distribution"][bisect.bisect_right(cumulative, u)][0]
+        assert c["rank"] == 1 + sum(p > c["prob"] for p in probs)
+    assert replayed == reply
+    assert f"temperature {temperature:g}" in explained["sampler"]
+
+
+def test_why_for_a_greedy_reply_is_the_models_softmax_and_rank_one(bundled):
+    session = ChatSession(bundled)
+    turn, reply = said(session, "time traveller", Settings(30, 0.0, 0))
+    explained = inspector.explain(bundled, turn)
+    assert explained["sampler"].startswith("greedy")
+    assert [c["char"] for c in explained["chars"]] == list(reply)
+    assert all(c["rank"] == 1 and len(c["distribution"]) == 28 for c in explained["chars"])
+
+
+def test_why_follows_the_whole_conversation(bundled):
+    """The second reply's distributions come from the state that read everything before it."""
+    session = ChatSession(bundled, seed=3)
+    said(session, "the machine", Settings(25, 1.0, 0))
+    second, reply = said(session, "and then", Settings(25, 0.0, 0))
+    assert [c["char"] for c in inspector.explain(bundled, second)["chars"]] == list(reply)
+    transcript = session.transcript[:-len(reply)]
+    assert reply == continuation(bundled, transcript, 25)
+
+
+def test_greedy_steps_are_a_greedy_reply(bundled):
+    stepper, streamer = ChatSession(bundled), ChatSession(bundled)
+    turn = asyncio.run(stepper.step_start("the psychologist"))
+    for _ in range(30):
+        stepper.step_auto(Settings(1, 0.0, 0))
+    _, expected = said(streamer, "the psychologist", Settings(30, 0.0, 0))
+    assert turn.reply == expected
+    ours, theirs = stepper.generator(), streamer.generator()
+    assert torch.equal(ours.H, theirs.H) and ours.last == theirs.last
+
+
+def test_stepping_back_and_forward_gives_bit_identical_logits(bundled):
+    session = ChatSession(bundled, seed=1)
+    asyncio.run(session.step_start("it was a strange thing"))
+    for ch in "to":
+        session.step(ch)
+    before = session.next_logits()
+    session.step("n")
+    after = session.next_logits()
+    assert asyncio.run(session.step_back()) == "n"
+    assert torch.equal(session.next_logits(), before)
+    session.step("n")
+    assert torch.equal(session.next_logits(), after)
+    # Back twice and forward again: the turn's starting state is never overwritten.
+    asyncio.run(session.step_back())
+    asyncio.run(session.step_back())
+    for ch in "on":
+        session.step(ch)
+    assert torch.equal(session.next_logits(), after)
+    # The chat continues from exactly what was chosen.
+    turn, reply = said(session, "said he", Settings(30, 0.0, 0))
+    assert session.transcript.startswith("it was a strange thington said he")
+    assert reply == continuation(bundled, "it was a strange thington said he", 30)
+
+
+def test_step_mode_refusals(bundled):
+    session = ChatSession(bundled)
+    with pytest.raises(ChatError, match="step mode is not on"):
+        session.step("a")
+    asyncio.run(session.step_start("time"))
+    with pytest.raises(ChatError, match="nothing to step back"):
+        asyncio.run(session.step_back())
+    for bad in ("<unk>", "A", "ab", ""):
+        with pytest.raises(ChatError, match="not a character this model can write"):
+            session.step(bad)
+    turn = session.start("traveller")          # a message ends step mode
+    assert not session.turns[0].open and turn.text == "traveller"
+    with pytest.raises(ChatError, match="step mode is not on"):
+        session.step("a")
+
+
+def test_step_options_are_the_samplers_distribution(bundled):
+    session = ChatSession(bundled)
+    asyncio.run(session.step_start("the time"))
+    logits = session.next_logits()
+    greedy, caption = inspector.step_options(bundled, logits, Settings(1, 0.0, 0))
+    probs = torch.softmax(logits.double(), 0)
+    assert greedy[0][0] == bundled.vocab.idx_to_token[int(logits.argmax())]
+    assert len(greedy) == 27 and "<unk>" not in dict(greedy)
+    assert dict(greedy)["e"] == pytest.approx(float(probs[bundled.vocab["e"]]))
+    sampled, caption = inspector.step_options(bundled, logits, Settings(1, 0.5, 3))
+    assert len(sampled) == 3 and sum(p for _, p in sampled) == pytest.approx(1.0)
+    assert [t for t, _ in sampled] == [t for t, _ in greedy[:3]] and "top-k 3" in caption
+
+
+def test_conversation_passage_keeps_the_latest_turns_that_fit(bundled):
+    session = ChatSession(bundled)
+    for _ in range(8):
+        said(session, "the machine " * 20, Settings(100, 0.0, 0))
+    whole = session.transcript
+    text, note = inspector.conversation_passage(session.turns, 2000)
+    assert whole.endswith(text) and 1000 < len(text) <= 2000 and "read from a fresh state" in note
+    assert inspector.conversation_passage(session.turns[:2], 2000) == (
+        "".join(t.read + t.reply for t in session.turns[:2]), "")
+
+
+# ---------------------------------------------------------------- the views
+
+class TextOf(html.parser.HTMLParser):
+    """The text an HTML fragment shows, and the tags it creates."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.text, self.tags = "", []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+
+    def handle_data(self, data):
+        self.text += data
+
+
+def test_views_escape_every_character_and_attribute():
+    vocab = Vocab(idx_to_token=["<unk>", *"<>&\"' ab=/"])
+    torch.manual_seed(0)
+    ckpt = Checkpoint(RNNModelScratch(len(vocab), 8).eval().requires_grad_(False), vocab,
+                      {"normalization": "raw"})
+    text = '<b a="x">&amp;</b> \'"/>'
+    page = views.surprisal_html(inspector.score(ckpt, text).to_json())
+    body = page.split('<div class="text">', 1)[1]
+    parsed = TextOf()
+    parsed.feed(body)
+    assert parsed.text == text and set(parsed.tags) == {"span"}
+    for html_ in (views.trace_html(inspector.trace(ckpt, text, 3), "hidden"),
+                  views.memorised_html(inspector.memorised(text, text + "!", 2, 3).to_json()),
+                  views.bars_html([(t, 0.1) for t in text[:10]], text)):
+        parsed = TextOf()
+        parsed.feed(html_)
+        assert set(parsed.tags) <= {"div", "span", "b", "button"} and "<b a=" not in html_
