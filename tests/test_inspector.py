@@ -26,6 +26,7 @@ from rnn_core import inspector, views
 from rnn_core.chat import MAX_MESSAGE_CHARS
 from rnn_core.checkpoint import (TRAINING_TEXT_NAME, Checkpoint, CheckpointError,
                                  load_checkpoint, read_training_text)
+from rnn_core.config import CheckpointConfig
 from rnn_core.data import Vocab, normalize_text, read_text
 from rnn_core.generation import generate_text
 from rnn_core.model import RNNModelScratch
@@ -98,7 +99,7 @@ def test_unknown_characters_score_as_unk_and_unk_is_named():
     vocab = Vocab(idx_to_token=["<unk>", "a", "b", " "])
     torch.manual_seed(0)
     net = RNNModelScratch(len(vocab), 8).eval().requires_grad_(False)
-    ckpt = Checkpoint(net, vocab, {"normalization": "raw"})
+    ckpt = Checkpoint(net, vocab, CheckpointConfig(len(vocab), 8, "raw"))
     result = inspector.score(ckpt, "ab c")
     assert [c["char"] for c in result.chars] == ["b", " ", "c"]
     assert all(len(c["top"]) == 4 for c in result.chars)
@@ -165,7 +166,7 @@ class TwoLayerLSTMLike(torch.nn.Module):
 
 def test_lstm_layout_reports_the_cell_and_units_span_the_layers():
     vocab = Vocab(idx_to_token=["<unk>", "a", "b", "c"])
-    ckpt = Checkpoint(TwoLayerLSTMLike(), vocab, {"normalization": "raw"})
+    ckpt = Checkpoint(TwoLayerLSTMLike(), vocab, CheckpointConfig(len(vocab), 3, "raw"))
     out = inspector.trace(ckpt, "ab", 4)     # layer 1, unit 1: state rows 2 (H) and 3 (C)
     # Each step adds 10 * (row + 1) + the id read + unit / 10 to every state row.
     assert out["activations"] == pytest.approx([31.1, 63.2])
@@ -540,7 +541,7 @@ def test_views_escape_every_character_and_attribute():
     vocab = Vocab(idx_to_token=["<unk>", *"<>&\"' ab=/"])
     torch.manual_seed(0)
     ckpt = Checkpoint(RNNModelScratch(len(vocab), 8).eval().requires_grad_(False), vocab,
-                      {"normalization": "raw"})
+                      CheckpointConfig(len(vocab), 8, "raw"))
     text = '<b a="x">&amp;</b> \'"/>'
     page = views.surprisal_html(inspector.score(ckpt, text).to_json())
     body = page.split('<div class="text">', 1)[1]
