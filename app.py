@@ -701,7 +701,7 @@ async def step_begin(message, length, temperature, top_k, session):
     async with session.lock:
         try:
             settings = check_settings(length, temperature, top_k, len(session.ckpt.vocab))
-            await session.step_start(message)
+            await session.step_start(message, settings)
             bars = _step_view(session, settings)
         except ChatError as e:
             raise refused(e) from None

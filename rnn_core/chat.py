@@ -336,10 +336,11 @@ class ChatSession:
 
     # ------------------------------------------------------------ step mode
 
-    async def step_start(self, message: str) -> Turn:
+    async def step_start(self, message: str, settings: Settings | None = None) -> Turn:
         """Begin a turn whose reply is advanced one character at a time (`step`): the
-        message is read as for a reply."""
+        message is read as for a reply; `settings`: the sliders when stepping began."""
         turn = self.start(message)
+        turn.settings = settings
         try:
             await self.read(turn.read)
         except BaseException:   # cancelled while reading: as if the message was never sent

@@ -352,7 +352,7 @@ def explain(ckpt: Checkpoint, turn: Turn) -> dict:
     gen.restore(turn.before)
     gen.read(turn.read)
     settings = turn.settings
-    sampled = settings is not None and settings.temperature > 0
+    sampled = not turn.stepped and settings is not None and settings.temperature > 0
     names, chars = ckpt.vocab.idx_to_token, []
     for ch in turn.reply:
         logits = gen.peek()

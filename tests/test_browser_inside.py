@@ -181,7 +181,7 @@ def test_why_step_tracer_and_memorisation(browser, app, bundled):  # noqa: F811
 
     # Step mode: pick the third bar, let the model choose, step back, and chat on.
     open_inside(page, "Step mode")
-    page.get_by_placeholder("Type the start of a sentence").fill("The Machine")
+    page.get_by_role("textbox", name="Message").fill("The Machine")
     page.locator("#step-btn").click()
     page.wait_for_selector("#step-view button[data-choice]")
     bars = page.locator("#step-view button[data-choice]")
