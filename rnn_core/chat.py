@@ -385,8 +385,8 @@ class ChatSession:
         if not turn.reply:
             raise ChatError("nothing to step back: the reply is empty")
         removed, turn.reply = turn.reply[-1], turn.reply[:-1]
-        H, last = turn.before       # a copy: the generator reuses the tensor it starts from
-        self.gen, self.position = None, (H.clone(), last)
+        state, last = turn.before   # a copy: the generator reuses the tensors it starts from
+        self.gen, self.position = None, (tuple(s.clone() for s in state), last)
         await self.read(turn.read + turn.reply)
         return removed
 
