@@ -69,7 +69,7 @@ input[type="range"] { touch-action: pan-y; }
 #plot img { max-height: 220px; object-fit: contain; }
 /* Fingers: every control at least 44 px tall. */
 @media (pointer: coarse), (max-width: 640px) {
-  input[type="text"], textarea { min-height: 44px !important; }
+  input[type="text"], textarea, #bundled input { min-height: 44px !important; }
   .tab-like-container:has(input[type="number"]) { height: 44px !important; }
   input[type="number"] { height: 44px !important; padding: 0 6px !important; line-height: 44px; }
   button.label-wrap { min-height: 44px !important; }
