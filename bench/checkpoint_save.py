@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     corpus, vocab = load_corpus(text, "book", 10_000)
-    run = train.parse_args(["--out", str(Path(tempfile.mkdtemp()) / "rnn")])
+    run = train.parse_args(["--normalize", "book", "--out", str(Path(tempfile.mkdtemp()) / "rnn")])
     run.num_epochs = 500
     net = RNNModelScratch(len(vocab), run.num_hiddens)
     updater = make_updater(net, "sgd", run.lr)
