@@ -5,7 +5,8 @@
 The model comes from RNN_MODEL (a Hub repo id or a local checkpoint folder) and optional
 RNN_MODEL_REVISION, as a Hugging Face Space is configured; default and fallback: the bundled
 checkpoint. Each browser tab or API client has its own conversation and model choice.
-The conversation logic lives in rnn_core/chat.py; this file is the page and its API.
+The conversation logic lives in rnn_core (validation, session, streaming, models_cache);
+this file is the page and its API.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ import secrets
 from contextlib import aclosing
 from pathlib import Path
 
-import anyio
 import gradio as gr
 from gradio import state_holder
 import torch
@@ -33,13 +33,16 @@ from starlette.middleware import Middleware
 from rnn_core import inspector, views
 from rnn_core.card import BOOK_URL
 from rnn_core.cells import describe
-from rnn_core.chat import (MAX_LENGTH, MAX_MESSAGE_CHARS, MAX_SEED, MAX_SERVED_PARAMETERS,
-                           MAX_TEMPERATURE, ChatError, ChatSession, LoadGate, ModelCache,
-                           Settings, check_message, check_settings, describe_vocab, num_params,
-                           read_as, read_text, resolve_model_ref, stream_reply, stream_together)
+from rnn_core.validation import (MAX_LENGTH, MAX_MESSAGE_CHARS, MAX_SEED, MAX_TEMPERATURE,
+                                 ChatError, Settings, check_message, check_settings,
+                                 describe_vocab, read_as)
+from rnn_core.session import ChatSession
+from rnn_core.streaming import read_text, stream_reply, stream_together
+from rnn_core.models_cache import (LoadGate, ModelCache, load_for_visitor, load_served,
+                                   num_params)
 from rnn_core.checkpoint import (Checkpoint, CheckpointError, Summary, checkpoint_folders,
                                  load_checkpoint)
-from rnn_core.hub import hub_answers, load_from_hub, load_model
+from rnn_core.hub import load_model
 from rnn_core.page import (CONVERSATION_CSS, CONVERSATION_HTML, CONVERSATION_JS, CSS,
                            conversation_view, turn_view)
 
@@ -60,16 +63,6 @@ log = logging.getLogger("app")
 MODEL_MEMORY_MB = int(os.environ.get("RNN_MODEL_MEMORY_MB", "64"))
 LOAD_TIMEOUT = float(os.environ.get("RNN_LOAD_TIMEOUT", "60"))
 LOAD_GATE = LoadGate(slots=4, per_visitor=1)
-
-
-def load_served(ref: str, revision: str | None) -> Checkpoint:
-    """What a visitor may load (after resolve_model_ref): a folder under checkpoints/ (given
-    as an absolute path) or a Hub repo, within the app's size limit."""
-    if Path(ref).is_absolute():
-        return load_checkpoint(ref, max_parameters=MAX_SERVED_PARAMETERS)
-    return load_from_hub(ref, revision, MAX_SERVED_PARAMETERS)
-
-
 MODELS = ModelCache(load_served, capacity=16, max_bytes=MODEL_MEMORY_MB << 20)
 # After every event Gradio rebuilds a pandas summary of up to 10,000 past events for its
 # /monitoring page (on by default in launch()): ~10 ms of the server's one thread per reply once
@@ -215,50 +208,14 @@ MODELS.keep.add(DEFAULT_KEY)
 
 # ---------------------------------------------------------------- loading models
 
-HUB_UNREACHABLE = "The Hugging Face Hub cannot be reached; the current model stays loaded"
-HUB_PROBE_TIMEOUT = 3.0   # seconds: a visitor learns within ~5 s that the Hub is unreachable
-
-
 def visitor(request: gr.Request | None) -> str:
     """Who is asking, for per-visitor limits: the client's address (else the session)."""
     client = getattr(request, "client", None)
     return getattr(client, "host", None) or getattr(request, "session_hash", None) or "?"
 
 
-async def load_for(ref, revision, who: str) -> Checkpoint:
-    """A model a visitor asked for: a Hub repo id or a folder under checkpoints/. Hub loads
-    pass LOAD_GATE, are refused within HUB_PROBE_TIMEOUT when the Hub does not answer, and
-    are answered within LOAD_TIMEOUT; folders and models already in memory need no slot.
-    Refusals are ChatError or CheckpointError."""
-    ref, revision = resolve_model_ref(ref, revision, CHECKPOINTS)
-    ckpt = MODELS.cached(ref, revision)
-    if ckpt is not None:
-        return ckpt
-    if Path(ref).is_absolute():
-        return await anyio.to_thread.run_sync(MODELS.get, ref, revision)
-    LOAD_GATE.enter(who)
-    try:
-        answers = await anyio.to_thread.run_sync(hub_answers, HUB_PROBE_TIMEOUT)
-    except BaseException:
-        LOAD_GATE.leave(who)
-        raise
-    if not answers:
-        LOAD_GATE.leave(who)
-        raise ChatError(HUB_UNREACHABLE)
-
-    def load():
-        try:
-            return MODELS.get(ref, revision)
-        finally:
-            LOAD_GATE.leave(who)
-    try:
-        with anyio.fail_after(LOAD_TIMEOUT):
-            return await anyio.to_thread.run_sync(load, abandon_on_cancel=True)
-    except TimeoutError:
-        log.warning("a model load timed out after %g s (%r at revision %r)", LOAD_TIMEOUT, ref,
-                    revision)
-        raise ChatError(f"loading {ref} took longer than {LOAD_TIMEOUT:g} s (the Hub is slow or "
-                        "not answering): try again later") from None
+load_for = functools.partial(load_for_visitor, models=MODELS, gate=LOAD_GATE,
+                             checkpoints_dir=CHECKPOINTS, timeout=LOAD_TIMEOUT)
 
 
 # ---------------------------------------------------------------- event handlers: the API

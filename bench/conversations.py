@@ -1,7 +1,7 @@
 """Random conversations, and their offline check against the book's `predict_ch8`.
 
 Shared by the long soak (bench/soak.py) and the short one in tests/test_app.py. The check is
-the chat's contract (rnn_core/chat.py): the state that answers has read exactly the transcript
+the chat's contract (rnn_core/session.py): the state that answers has read exactly the transcript
 so far, so every greedy reply is `predict_ch8`'s continuation of the whole transcript before it,
 whatever came earlier. Sampled replies are read as they were received, so the greedy turns after
 them check that the carried state read exactly those characters, and nothing from any other
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from rnn_core.chat import join_separator
+from rnn_core.session import join_separator
 from rnn_core.checkpoint import Checkpoint
 from rnn_core.data import normalize_prompt
 from rnn_core.generation import predict_ch8

@@ -27,7 +27,8 @@ from sse_client import chat_endpoint, connect_app, stop_app
 # Innermost match wins: a sample counts for the first kind found walking from the leaf out.
 KINDS = [
     ("our model step and sampling", ("rnn_core/generation.py",)),
-    ("our chat logic and pacing", ("rnn_core/chat.py", "app.py", "bare_app.py")),
+    ("our chat logic and pacing", ("rnn_core/session.py", "rnn_core/streaming.py", "app.py",
+                                   "bare_app.py")),
     ("JSON encoding", ("json/", "orjson")),
     ("Gradio: diffs and postprocessing", ("gradio/utils.py", "gradio/processing_utils.py",
                                           "gradio/data_classes.py", "gradio/components/")),

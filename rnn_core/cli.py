@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from .chat import MAX_MESSAGE_CHARS
+from .validation import MAX_MESSAGE_CHARS
 from .checkpoint import CheckpointError
 from .generation import SettingsError, check_generation_settings, generate_text
 from .hub import load_model

@@ -11,7 +11,7 @@ character t+1 predicted after reading 1..t, so the first character is read but n
 Every number comes from the model's own `forward(X, state)`: the math lives in the model, and
 whatever cell it has (RNN, GRU, LSTM, several layers) is read the same way (`explain` re-reads a
 reply through the `Generator` that drew it, for the very logits it was drawn from). Input text
-follows the chat's rule (`chat.check_message`: normalised as the training text was, the same
+follows the chat's rule (`validation.check_message`: normalised as the training text was, the same
 length limit, the same refusals).
 """
 from __future__ import annotations
@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .chat import ChatError, Turn, check_message
+from .validation import ChatError, check_message
+from .session import Turn
 from .checkpoint import Checkpoint, read_training_text
 from .data import Vocab
 from .generation import Generator, candidates

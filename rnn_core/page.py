@@ -10,7 +10,7 @@ copy and share-link buttons.
 """
 from __future__ import annotations
 
-from .chat import Turn
+from .session import Turn
 
 # ---------------------------------------------------------------- the data the view draws
 

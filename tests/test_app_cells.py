@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from bench.conversations import continuation, replay
-from rnn_core.chat import ChatSession, Settings, join_separator, stream_reply, Pace
+from rnn_core.validation import Settings
+from rnn_core.session import ChatSession, join_separator
+from rnn_core.streaming import Pace, stream_reply
 from rnn_core.checkpoint import load_checkpoint
 from rnn_core.data import normalize_prompt
 from test_app import AppServer, chat

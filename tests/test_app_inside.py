@@ -7,7 +7,7 @@ import pytest
 from gradio_client.exceptions import AppError
 
 from rnn_core import inspector
-from rnn_core.chat import MAX_MESSAGE_CHARS
+from rnn_core.validation import MAX_MESSAGE_CHARS
 from test_app import AppServer
 
 

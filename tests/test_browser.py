@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from rnn_core.chat import join_separator
+from rnn_core.session import join_separator
 from rnn_core.checkpoint import load_checkpoint
 from rnn_core.data import normalize_prompt
 from test_app import AppServer, continuation, other_model

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from rnn_core import inspector
-from rnn_core.chat import join_separator
+from rnn_core.session import join_separator
 from rnn_core.data import normalize_prompt, normalize_text, read_text
 from test_app import AppServer, continuation, other_model
 from test_browser import browser, move_slider, open_page, send, wait_reply  # noqa: F401

@@ -1,4 +1,5 @@
-"""The conversation logic behind the app (rnn_core/chat.py), without a server.
+"""The conversation logic behind the app (rnn_core/validation.py, session.py, streaming.py,
+models_cache.py), without a server.
 
 The carried-state contract, stop/undo/new chat, refusals with their reasons, the rule for
 which models a visitor may load, and property tests on arbitrary text and settings.
@@ -13,9 +14,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from rnn_core.chat import (MAX_LENGTH, MAX_MESSAGE_CHARS, ChatError, ChatSession, ModelCache,
-                           Pace, Settings, check_message, check_settings, join_separator,
-                           read_as, read_text, resolve_model_ref, stream_reply)
+from rnn_core.validation import (MAX_LENGTH, MAX_MESSAGE_CHARS, ChatError, Settings, check_message,
+                                 check_settings, read_as)
+from rnn_core.session import ChatSession, join_separator
+from rnn_core.streaming import Pace, read_text, stream_reply
+from rnn_core.models_cache import ModelCache, resolve_model_ref
 from bench.conversations import continuation
 from rnn_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from rnn_core.config import CheckpointConfig

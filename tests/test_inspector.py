@@ -23,7 +23,7 @@ from torch import nn
 
 from d2l_book import get_params, init_rnn_state, load_d2l, rnn
 from rnn_core import inspector, views
-from rnn_core.chat import MAX_MESSAGE_CHARS
+from rnn_core.validation import MAX_MESSAGE_CHARS
 from rnn_core.checkpoint import (TRAINING_TEXT_NAME, Checkpoint, CheckpointError,
                                  load_checkpoint, read_training_text)
 from rnn_core.config import CheckpointConfig
@@ -393,7 +393,8 @@ def test_score_cli_refuses_in_one_line(bundled_checkpoint, tmp_path):
 
 # ---------------------------------------------------------------- why this character, step mode
 
-from rnn_core.chat import ChatError, ChatSession, Settings, Turn   # noqa: E402
+from rnn_core.validation import ChatError, Settings   # noqa: E402
+from rnn_core.session import ChatSession, Turn   # noqa: E402
 from bench.conversations import continuation                       # noqa: E402
 
 

@@ -18,7 +18,7 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect
 
 from rnn_core.card import BOOK_URL
-from rnn_core.chat import join_separator
+from rnn_core.session import join_separator
 from rnn_core.checkpoint import load_checkpoint
 from rnn_core.data import normalize_prompt
 from rnn_core.generation import generate_text
