@@ -6,8 +6,8 @@ the same pace: characters fall due at 60 a second and go out in updates every 50
 first at once). What it streams is the message repeated, so no model, no sampling and no
 conversation logic cost anything: whatever the server spends is Gradio's.
 
-    python bench/bare_app.py            # GRADIO_SERVER_PORT, as app.py
-    python bench/serve_load.py          # measures app.py and this side by side
+    python -m bench.bare_app            # GRADIO_SERVER_PORT, as app.py
+    python -m bench.serve_load          # measures app.py and this side by side
 """
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ Both are timed from process start to exit, in fresh interpreters, alternately:
 and the ratio ours / book of each pair, then the median (goal: <= 0.5). The two print the
 same samples every 10 epochs and end at the same kind of perplexity, which is checked.
 
-    python bench/book_run.py                   # 3 pairs of 500-epoch runs (~10 minutes)
-    python bench/book_run.py --save-every 1000 # ours without the periodic checkpoints
-    python bench/book_run.py --quick           # smoke test: 1 pair of 10-epoch runs
+    python -m bench.book_run                   # 3 pairs of 500-epoch runs (~10 minutes)
+    python -m bench.book_run --save-every 1000 # ours without the periodic checkpoints
+    python -m bench.book_run --quick           # smoke test: 1 pair of 10-epoch runs
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from common import ROOT, book_text, isa_info, machine_info, summary
+from bench.common import ROOT, book_text, isa_info, machine_info, summary
 
 from rnn_core.data import DataError
 

@@ -6,8 +6,8 @@ first 10,000 characters, 250 epochs of history), the two kinds interleaved:
             sample) and the perplexity plot; before, every periodic save was one of these
 and what the book run's 50 saves (500 epochs, --save-every 10) cost each way.
 
-    python bench/checkpoint_save.py            # 1 warm-up + 9 rounds
-    python bench/checkpoint_save.py --quick    # smoke test: 1 + 2 rounds
+    python -m bench.checkpoint_save            # 1 warm-up + 9 rounds
+    python -m bench.checkpoint_save --quick    # smoke test: 1 + 2 rounds
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import book_text, machine_info, summary
+from bench.common import book_text, machine_info, summary
 
 import train
 from rnn_core.checkpoint import TRAINING_TEXT_NAME, pack_training_text, save_checkpoint

@@ -1,5 +1,6 @@
 """Shared by the bench scripts: machine description (CPU, instruction sets in force),
-summaries, a process's memory over time, and the repo on sys.path."""
+summaries, a process's memory over time. Run the scripts from the repo's root as modules
+(`python -m bench.NAME`), so `rnn_core` and `bench` import as they are."""
 from __future__ import annotations
 
 import datetime
@@ -14,8 +15,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def book_text() -> Path:

@@ -8,9 +8,9 @@ run's, summed over ranks), the wall time of the whole command (start-up, rendezv
 epochs, the checkpoint), and the ratio to one process within each round (rounds interleaved,
 the order rotated, median of the ratios).
 
-    python bench/distributed.py                         # 1 and 2 processes, CPU, book settings
-    python bench/distributed.py --nprocs 1,2,4,8 --device cuda --batch-size 256
-    python bench/distributed.py --quick                 # smoke test: small model, one round
+    python -m bench.distributed                         # 1 and 2 processes, CPU, book settings
+    python -m bench.distributed --nprocs 1,2,4,8 --device cuda --batch-size 256
+    python -m bench.distributed --quick                 # smoke test: small model, one round
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from common import ROOT, isa_info, machine_info, summary
+from bench.common import ROOT, isa_info, machine_info, summary
 
 from rnn_core.data import DataError, download_time_machine
 

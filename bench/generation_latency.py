@@ -11,10 +11,10 @@ before anything is timed.
 Rounds are interleaved (every contender once per round), the first is warm-up, ratios are
 taken within each round, then the median.
 
-    python bench/generation_latency.py                # 200 characters x 15 rounds
-    python bench/generation_latency.py --quick        # smoke test
+    python -m bench.generation_latency                # 200 characters x 15 rounds
+    python -m bench.generation_latency --quick        # smoke test
     ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 \
-        python bench/generation_latency.py            # as on an AVX2-only CPU
+        python -m bench.generation_latency            # as on an AVX2-only CPU
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from common import ROOT, isa_info, machine_info, summary
+from bench.common import ROOT, isa_info, machine_info, summary
 
 from rnn_core.checkpoint import load_checkpoint
 from rnn_core.generation import Generator, predict_ch8

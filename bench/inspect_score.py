@@ -9,10 +9,10 @@ cost on the bundled model, one thread (as the app runs).
 Rounds are interleaved, the first is warm-up; medians with their spread, and score / forward
 taken within each round. The same text every run (a passage of the training text).
 
-    python bench/inspect_score.py                 # 15 rounds
-    python bench/inspect_score.py --quick         # smoke test
+    python -m bench.inspect_score                 # 15 rounds
+    python -m bench.inspect_score --quick         # smoke test
     ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 \\
-        python bench/inspect_score.py             # as on an AVX2-only machine
+        python -m bench.inspect_score             # as on an AVX2-only machine
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from common import ROOT, machine_info, summary
+from bench.common import ROOT, machine_info, summary
 
 from rnn_core import inspector
 from rnn_core.checkpoint import load_checkpoint

@@ -18,10 +18,10 @@ Targets (on a 2-core machine): at 64 and 128 sessions within 1.25x of the bare a
 TTFC p95 and gap p95, no errors, every session >= 30 chars/s; 64 sessions TTFC p95 <= 0.5 s
 and gap p95 <= 100 ms; 128 sessions TTFC p95 <= 2 s.
 
-    python bench/serve_load.py                         # N = 1, 8, 32, 64, 128; 200 chars each
-    python bench/serve_load.py --sessions 64,128 --repeat 5
-    python bench/serve_load.py --no-baseline           # ours only
-    python bench/serve_load.py --quick                 # smoke test: N = 1, 4; 30 chars
+    python -m bench.serve_load                         # N = 1, 8, 32, 64, 128; 200 chars each
+    python -m bench.serve_load --sessions 64,128 --repeat 5
+    python -m bench.serve_load --no-baseline           # ours only
+    python -m bench.serve_load --quick                 # smoke test: N = 1, 4; 30 chars
 """
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ import time
 
 import psutil
 
-from common import ROOT, RssSampler, machine_info, percentile
-from sse_client import chat_endpoint, connect_app, stop_app, stream_chat
+from bench.common import ROOT, RssSampler, machine_info, percentile
+from bench.app_server import connect_app
+from bench.sse_client import chat_endpoint, stream_chat
 
 MESSAGES = ["time traveller", "the medical man", "it was a strange thing", "the machine",
             "he said", "the psychologist", "we were", "filby"]
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for proc in procs:
             if proc is not None:
-                stop_app(proc)
+                proc.stop()
     return 0
 
 

@@ -5,8 +5,8 @@ samples the server process (`pip install py-spy`; a measuring tool, not a depend
 attributes every sample of the event-loop thread to the innermost frame of a known kind and
 prints the shares, with the server's CPU per session and per streamed update.
 
-    python bench/serve_profile.py                      # 128 sessions, app.py and bare_app.py
-    python bench/serve_profile.py --sessions 64 --rate 200
+    python -m bench.serve_profile                      # 128 sessions, app.py and bare_app.py
+    python -m bench.serve_profile --sessions 64 --rate 200
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, machine_info
-from serve_load import level
-from sse_client import chat_endpoint, connect_app, stop_app
+from bench.common import ROOT, machine_info
+from bench.serve_load import level
+from bench.app_server import connect_app
+from bench.sse_client import chat_endpoint
 
 # Innermost match wins: a sample counts for the first kind found walking from the leaf out.
 KINDS = [
@@ -90,7 +91,7 @@ def profile(name: str, app: Path, args) -> None:
         for kind, c in sorted(busy.items(), key=lambda kv: -kv[1]):
             print(f"  {c / total:6.1%}  {kind}")
     finally:
-        stop_app(proc)
+        proc.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

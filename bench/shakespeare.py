@@ -10,9 +10,9 @@ our whole command ends no later than nanoGPT's. Both validation losses are on na
 random batches of 12 x 64, context up to 64), ours reads the whole held-out text with carried
 state (train.py's final line).
 
-    python bench/shakespeare.py                  # the race: nanoGPT, then ours, and a summary
-    python bench/shakespeare.py --budget 142     # ours only, with a given budget
-    python bench/shakespeare.py --budget 600 --num-hiddens 512 ...   # the stretch, 10 minutes
+    python -m bench.shakespeare                  # the race: nanoGPT, then ours, and a summary
+    python -m bench.shakespeare --budget 142     # ours only, with a given budget
+    python -m bench.shakespeare --budget 600 --num-hiddens 512 ...   # the stretch, 10 minutes
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, isa_info, machine_info
+from bench.common import ROOT, isa_info, machine_info
 
 NANOGPT = ROOT.parent / "shared" / "reference" / "nanogpt"
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"

@@ -12,9 +12,9 @@ runs --sessions conversations at once for --seconds, then stops by itself and ch
 Each session keeps its Gradio session (as a browser tab or gradio_client does) and starts a
 new chat now and then. Exits 1 if a check fails. The short version is in tests/test_app.py.
 
-    python bench/soak.py                        # 64 sessions for 180 s (~5 min with the replay)
-    python bench/soak.py --seconds 600
-    python bench/soak.py --quick                # smoke test: 8 sessions for 8 s
+    python -m bench.soak                        # 64 sessions for 180 s (~5 min with the replay)
+    python -m bench.soak --seconds 600
+    python -m bench.soak --quick                # smoke test: 8 sessions for 8 s
 """
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from common import ROOT, RssSampler, machine_info, percentile
-from conversations import Turn, random_message, random_settings, replay
-from sse_client import connect_app, endpoint, new_session_hash, stop_app, stream_chat
+from bench.common import ROOT, RssSampler, machine_info, percentile
+from bench.conversations import Turn, random_message, random_settings, replay
+from bench.app_server import connect_app
+from bench.sse_client import endpoint, new_session_hash, stream_chat
 
 from rnn_core.checkpoint import load_checkpoint
 
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu1 = server.cpu_times()
     finally:
         if proc is not None:
-            stop_app(proc)
+            proc.stop()
 
     turns = [t for s in sessions for t in s.turns if t[0] is not None]
     greedy = sum(1 for t in turns if t[2])

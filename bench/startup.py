@@ -7,8 +7,8 @@ Each run starts a fresh `python app.py` on a free port and times, from the spawn
 To say what dominates, it also times, in fresh interpreters, `import torch` and
 `import gradio` alone, and loading the bundled checkpoint.
 
-    python bench/startup.py            # 5 runs
-    python bench/startup.py --quick    # smoke test: 1 run
+    python -m bench.startup            # 5 runs
+    python -m bench.startup --quick    # smoke test: 1 run
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, machine_info, summary
-from sse_client import chat_endpoint, free_port, start_app, stop_app, stream_chat, wait_ready
+from bench.common import ROOT, machine_info, summary
+from bench.app_server import AppServer
+from bench.sse_client import chat_endpoint, stream_chat
 
 LOAD_MODEL = ("import time; t = time.perf_counter(); from rnn_core.checkpoint import load_checkpoint; "
               "import torch; t1 = time.perf_counter(); "
@@ -27,21 +28,20 @@ LOAD_MODEL = ("import time; t = time.perf_counter(); from rnn_core.checkpoint im
 
 
 def one_start() -> dict[str, float]:
-    port = free_port()
     start = time.perf_counter()
-    proc = start_app(port)
+    proc = AppServer(timeout=60)
     try:
-        prefix, fn_index = chat_endpoint(wait_ready(proc, port))
+        prefix, fn_index = chat_endpoint(proc.config)
         ready = time.perf_counter() - start
         sent = time.perf_counter()
-        stream = asyncio.run(stream_chat("127.0.0.1", port, prefix, fn_index,
+        stream = asyncio.run(stream_chat("127.0.0.1", proc.port, prefix, fn_index,
                                          ["time traveller", 20, 0.0, 0, None]))
         if stream.error or len(stream.text) != 20:
             raise SystemExit(f"the first answer failed: {stream.error or stream.text!r}")
         base = sent - start
         return {"ready": ready, "first": base + stream.first_char, "answer": base + stream.done}
     finally:
-        stop_app(proc)
+        proc.stop()
 
 
 def seconds(code: str) -> float:

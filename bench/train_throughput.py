@@ -22,12 +22,12 @@ round, then the median. Limit the instruction set to measure an AVX2-only CPU on
 one (the first lines printed say what is in force):
 
     ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 \
-        python bench/train_throughput.py
+        python -m bench.train_throughput
 
-    python bench/train_throughput.py              # 2 warm-up + 9 measured rounds
-    python bench/train_throughput.py --threads 1  # pin torch's thread count
-    python bench/train_throughput.py --quick      # smoke test: 1 + 2 rounds
-    python bench/train_throughput.py --arch lstm  # the ch. 9 cells instead (see train_cells)
+    python -m bench.train_throughput              # 2 warm-up + 9 measured rounds
+    python -m bench.train_throughput --threads 1  # pin torch's thread count
+    python -m bench.train_throughput --quick      # smoke test: 1 + 2 rounds
+    python -m bench.train_throughput --arch lstm  # the ch. 9 cells instead (see train_cells)
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common import book_text, isa_info, machine_info, summary
+from bench.common import book_text, isa_info, machine_info, summary
 
 from rnn_core.data import DataError, load_corpus, read_text, SeqDataLoader
 from rnn_core.fast import FastRNN, candidates, onednn_available, onednn_prepack_available

@@ -4,18 +4,14 @@ the test Hub server (tests/hub_server.py).
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
-import os
 import random
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -25,7 +21,9 @@ import torch
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from bench import app_server
 from bench.conversations import continuation, random_message, random_settings, replay
+from bench.sse_client import call, endpoint
 from hub_server import HubServer
 from rnn_core.checkpoint import MODEL_FILES, load_checkpoint, save_checkpoint
 from rnn_core.data import Vocab, normalize_prompt
@@ -37,59 +35,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------- helpers (also used by test_browser)
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class AppServer:
-    """`python app.py` (in `cwd`) on a free loopback port (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)."""
-
-    def __init__(self, log_dir: Path, cwd: Path = ROOT, **env: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log_dir / f"app-{self.port}.log"
-        full_env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1",
-                    "GRADIO_SERVER_PORT": str(self.port), "GRADIO_ANALYTICS_ENABLED": "False",
-                    "HF_HUB_DISABLE_XET": "1", "PYTHONUNBUFFERED": "1", **env}
-        for key in [k for k, v in env.items() if v is None]:
-            full_env.pop(key)
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=cwd, env=full_env,
-                                         stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"app.py exited ({self.proc.returncode}):\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/config", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        self.stop()
-        raise RuntimeError(f"app.py did not start within 120 s:\n{self.output()}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def client(self) -> Client:
-        return Client(self.url, verbose=False)
+class AppServer(app_server.AppServer):
+    """The app (bench/app_server.py's runner), its output kept in `log_dir`, and the page's text."""
 
     def page_text(self) -> str:
         """The text of every Markdown block on the page as it reads (escapes removed)."""
         config = httpx.get(self.url + "/config", timeout=10).json()
         return "\n".join(plain(c["props"]["value"]) for c in config["components"]
                          if c.get("type") == "markdown" and isinstance(c["props"].get("value"), str))
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def plain(markdown: str) -> str:
@@ -292,7 +245,7 @@ def test_fallback_to_the_bundled_model_when_rnn_model_fails(hub, bundled_checkpo
 
 def test_unreachable_hub_serves_the_cached_model(app, hub, tmp_path):
     """The Hub is down, but the model is in the Hugging Face cache: served from there."""
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{app_server.free_port()}"
     server = AppServer(tmp_path, RNN_MODEL="user/tiny-rnn", HF_ENDPOINT=dead,
                        HF_HOME=str(app.hf_home))
     try:
@@ -327,35 +280,16 @@ def test_refused_calls_end_with_a_reason(app, args, reason):
     assert reason in str(e.value) and "\n" not in str(e.value)
 
 
-def raw_call(app: AppServer, api_name: str, data: list, body: str | None = None,
-             source: str | None = None) -> list[dict]:
+def raw_call(app: AppServer, api_name: str, data: list, source: str | None = None) -> list[dict]:
     """One call over Gradio's HTTP protocol, for what gradio_client will not send (NaN,
     infinities, missing values) or from another loopback address (`source`, e.g. 127.0.0.2:
     another visitor): returns the stream's messages."""
-    config = httpx.get(app.url + "/config", timeout=10).json()
-    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name)
-    session = uuid.uuid4().hex
-    payload = {"data": data, "fn_index": fn_index, "session_hash": session,
-               "event_data": None, "trigger_id": None}
-    content = body if body is not None else json.dumps(payload)  # json.dumps writes NaN
-    transport = httpx.HTTPTransport(local_address=source) if source else None
-    with httpx.Client(transport=transport, timeout=60) as http:
-        r = http.post(app.url + "/gradio_api/queue/join", content=content,
-                      headers={"content-type": "application/json"})
-        if r.status_code != 200:
-            return [{"msg": "rejected", "status": r.status_code, "detail": r.text}]
-        messages = []
-        with http.stream("GET", f"{app.url}/gradio_api/queue/data?session_hash={session}") as stream:
-            for line in stream.iter_lines():
-                if line.startswith("data:"):
-                    messages.append(json.loads(line[5:]))
-                    if messages[-1]["msg"] == "process_completed":
-                        break
-    return messages
+    prefix, fn_index = endpoint(app_server.get_config(app.port, timeout=10), api_name)
+    return asyncio.run(call("127.0.0.1", app.port, prefix, fn_index, data, source=source))
 
 
-def raw_chat(app: AppServer, data: list, body: str | None = None) -> list[dict]:
-    return raw_call(app, "chat", data, body)
+def raw_chat(app: AppServer, data: list) -> list[dict]:
+    return raw_call(app, "chat", data)
 
 
 def raw_error(messages: list[dict]) -> str | None:

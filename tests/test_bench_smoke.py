@@ -12,7 +12,7 @@ NUM = r"[\d.]+"
 
 
 def bench(script: str, *args, timeout: float = 300) -> str:
-    proc = subprocess.run([sys.executable, f"bench/{script}", "--quick", *map(str, args)],
+    proc = subprocess.run([sys.executable, "-m", f"bench.{script}", "--quick", *map(str, args)],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     out = proc.stdout
@@ -28,7 +28,7 @@ def row(out: str, label: str) -> list[str]:
 
 
 def test_train_throughput_prints_every_contender_and_the_floor(data_path):
-    out = bench("train_throughput.py", "--data", data_path)
+    out = bench("train_throughput", "--data", data_path)
     for label in ("seed (scratch, book)", "nn.RNN + nn.Linear", "fast (plain)"):
         fields = row(out, label)
         assert re.fullmatch(NUM, fields[0]) and fields[-4].endswith("x"), fields  # tok/s, x seed
@@ -40,7 +40,7 @@ def test_train_throughput_prints_every_contender_and_the_floor(data_path):
 
 
 def test_book_run_times_train_py_against_the_books_library(data_path):
-    out = bench("book_run.py", "--data", data_path)
+    out = bench("book_run", "--data", data_path)
     assert re.search(r"^cpu has .* \| limits in force: .* \| torch kernels \w+", out, re.M), out
     for name in ("ours", "book"):
         assert re.search(rf"^  run 1 {name}: +{NUM} s, final perplexity {NUM}", out, re.M), out
@@ -48,7 +48,7 @@ def test_book_run_times_train_py_against_the_books_library(data_path):
 
 
 def test_generation_latency_prints_both_modes_and_checks_greedy_equality():
-    out = bench("generation_latency.py")
+    out = bench("generation_latency")
     assert "greedy outputs equal the book's predict_ch8" in out
     for mode in ("greedy   ", "sampled (T="):
         fields = row(out, mode)
@@ -57,7 +57,7 @@ def test_generation_latency_prints_both_modes_and_checks_greedy_equality():
 
 
 def test_serve_load_streams_from_the_real_app_without_errors():
-    out = bench("serve_load.py")
+    out = bench("serve_load")
     for n in ("1", "4"):
         for app in ("ours", "bare"):    # the app and the framework's floor, side by side
             fields = next(l.split() for l in out.splitlines() if l.split()[:2] == [n, app])
@@ -69,14 +69,14 @@ def test_serve_load_streams_from_the_real_app_without_errors():
 
 
 def test_startup_times_the_first_answer():
-    out = bench("startup.py")
+    out = bench("startup")
     for label in ("server answers", "first character", "first answer complete",
                   "  import torch", "  import gradio", "  load the bundled model"):
         assert re.fullmatch(NUM, row(out, label)[0]), label
 
 
 def test_soak_replays_every_session_and_watches_memory():
-    out = bench("soak.py")
+    out = bench("soak")
     assert re.search(r"^turns: \d+ \(\d+ greedy, \d+ sampled\)", out, re.M), out
     assert "errors: 0" in out
     checked = re.search(r"replay: (\d+) greedy replies equal .* \((\d+) of them after sampled "
@@ -87,7 +87,7 @@ def test_soak_replays_every_session_and_watches_memory():
 
 
 def test_inspect_score_times_score_trace_and_memorisation():
-    out = bench("inspect_score.py")
+    out = bench("inspect_score")
     for label in ("  score", "  forward", "  trace", "  memorise"):
         assert re.fullmatch(NUM, row(out, label)[0]), label
     assert re.fullmatch(NUM, row(out, "  score / forward: median")[0])
@@ -95,7 +95,7 @@ def test_inspect_score_times_score_trace_and_memorisation():
 
 
 def test_checkpoint_save_prints_both_kinds_and_the_book_runs_total(data_path):
-    out = bench("checkpoint_save.py", "--data", data_path)
+    out = bench("checkpoint_save", "--data", data_path)
     for label in ("periodic", "complete"):
         assert re.fullmatch(NUM, row(out, label)[0])
     assert re.search(rf"the book run's 50 saves: {NUM} s when every save was complete, {NUM} s now",
@@ -103,7 +103,7 @@ def test_checkpoint_save_prints_both_kinds_and_the_book_runs_total(data_path):
 
 
 def test_distributed_bench_compares_one_and_two_processes(data_path):
-    out = bench("distributed.py", "--data", data_path, timeout=600)
+    out = bench("distributed", "--data", data_path, timeout=600)
     for n in ("1", "2"):
         fields = row(out, n + " ")
         assert re.fullmatch(NUM, fields[1]) and re.fullmatch(NUM, fields[4]), fields  # tok/s, x one
