@@ -60,26 +60,28 @@ _ALIGN = 16  # pad the fused kernel's concatenated width to a multiple of 16 flo
 class SplitWorkspace:
     """Buffers for minibatches of one shape (steps T, batch B, H, V), reused call after call.
 
-    `row_threads` > 1 splits the batch rows into that many groups; each group's recurrence is
-    its own chain of per-step products (rows never mix), run on its own thread. The weight
-    gradients are then split the same number of ways by columns of H.
+    The batch rows are cut into `row_threads` groups (the recurrence never mixes rows). Each
+    group has its own contiguous buffers and does its whole share of a pass on one thread:
+    its input rows, its recurrence, its output rows, and its part of every weight gradient
+    (summed afterwards). So the threads meet once per forward and once per backward.
     """
 
     def __init__(self, T: int, B: int, H: int, V: int, dtype: torch.dtype,
                  device: torch.device, row_threads: int = 1):
         self.key = (T, B, H, V, dtype, device)
+        self.rows = _split(B, row_threads)
         new = functools.partial(torch.empty, dtype=dtype, device=device)
-        self.Hs = new((T + 1, B, H))  # H_0 .. H_T; H_t+1 starts as W_xh[x_t] + b_h
-        self.dA = new((T, B, H))      # dH_t from the output layer, then dA_t in place
-        self.D = new((T, B, H))       # 1 - H_t+1^2, the derivative of tanh
+        sizes = [r.stop - r.start for r in self.rows]
+        self.Hs = [new((T + 1, n, H)) for n in sizes]  # H_0 .. H_T; H_t+1 starts as W_xh[x_t] + b_h
+        self.dA = [new((T, n, H)) for n in sizes]      # dH_t from the output layer, then dA_t
+        self.D = [new((T, n, H)) for n in sizes]       # 1 - H_t+1^2, the derivative of tanh
+        # Per-step views, made once: [group][t] -> (rows, H)
+        self.Hs_g, self.dA_g, self.D_g = ([buf.unbind(0) for buf in bufs]
+                                          for bufs in (self.Hs, self.dA, self.D))
+        # The weight gradients of groups 1.. (group 0 writes fresh tensors, the result)
+        self.partial = [[new((V, H)), new((H, H)), new(H), new((H, V)), new(V)]
+                        for _ in sizes[1:]]
         self.W_hh_T = new((H, H))     # W_hh^T, contiguous: MKL's per-step product is faster
-        # Per-step views of each row group, made once: [group][t] -> (rows, H)
-        groups = _split(B, row_threads)
-        self.Hs_g, self.dA_g, self.D_g = ([[x[g] for x in buf.unbind(0)] for g in groups]
-                                          for buf in (self.Hs, self.dA, self.D))
-        self.H_out_g = [self.Hs[1:, g] for g in groups]  # (T, rows, H): H_1 .. H_T
-        self.D_rows = [self.D[:, g] for g in groups]
-        self.columns = _split(H, row_threads)
         self.one = torch.ones((), dtype=dtype, device=device)
         self.calls = 0                # forward calls so far, to catch a stale backward
 
@@ -128,26 +130,28 @@ class _SplitRNN(torch.autograd.Function):
     def forward(ctx, ws: SplitWorkspace, X: torch.Tensor, H0: torch.Tensor,
                 W_xh: torch.Tensor, W_hh: torch.Tensor, b_h: torch.Tensor,
                 W_hq: torch.Tensor, b_q: torch.Tensor):
-        T, B, H = ws.key[:3]
-        Hs, groups = ws.Hs, len(ws.Hs_g)
-        tokens = X.t().reshape(-1)  # time-major, as the book's outputs
+        T, B, H, V = ws.key[:4]
+        groups = len(ws.rows)
+        tokens = [X[r].t().reshape(-1) for r in ws.rows]  # time-major, as the book's outputs
+        Ys = [None] * groups
 
         @torch.no_grad()  # grad mode is per thread
-        def recurrence(g: int) -> None:
-            H_t = ws.Hs_g[g]
+        def rows(g: int) -> None:
+            Hs, H_t, r = ws.Hs[g], ws.Hs_g[g], ws.rows[g]
+            torch.index_select(W_xh, 0, tokens[g], out=Hs[1:].view(-1, H)).add_(b_h)
+            Hs[0].copy_(H0[r])
             for t in range(T):
                 H_t[t + 1].addmm_(H_t[t], W_hh).tanh_()
+            Ys[g] = torch.addmm(b_q, Hs[1:].view(-1, H), W_hq).view(T, -1, V)
 
         with _one_core_per_group(groups):
-            torch.index_select(W_xh, 0, tokens, out=Hs[1:].view(T * B, H)).add_(b_h)
-            Hs[0].copy_(H0)
-            _each_group(recurrence, groups)
-            Y = torch.addmm(b_q, Hs[1:].view(T * B, H), W_hq)
+            _each_group(rows, groups)
+        Y = Ys[0] if groups == 1 else torch.cat(Ys, dim=1)
         ws.calls += 1
         ctx.ws, ctx.call, ctx.tokens = ws, ws.calls, tokens
         ctx.weights = W_hh.detach(), W_hq.detach()
         ctx.set_materialize_grads(False)
-        return Y, Hs[T].clone()
+        return Y.view(T * B, V), torch.cat([Hs[T] for Hs in ws.Hs])
 
     @staticmethod
     def backward(ctx, dY: torch.Tensor | None, dH_T: torch.Tensor | None):
@@ -156,38 +160,41 @@ class _SplitRNN(torch.autograd.Function):
             raise RuntimeError("FastRNN reuses its buffers: call backward before the next forward")
         T, B, H, V = ws.key[:4]
         W_hh, W_hq = ctx.weights
-        Hs, W_hh_T, groups = ws.Hs, ws.W_hh_T, len(ws.dA_g)
-        new = functools.partial(torch.empty, dtype=Hs.dtype, device=Hs.device)
-        dY = new((T * B, V)).zero_() if dY is None else dY
-        dA = ws.dA.view(T * B, H)
-        dW_xh, dW_hh, db_h, dW_hq = new((V, H)), new((H, H)), new(H), new((H, V))
-        H_in, H_out = Hs[:T].view(T * B, H), Hs[1:].view(T * B, H)
+        groups, W_hh_T = len(ws.rows), ws.W_hh_T
+        new = functools.partial(torch.empty, dtype=W_hh.dtype, device=W_hh.device)
+        dY = new((T, B, V)).zero_() if dY is None else dY.view(T, B, V)
+        grads = [[new((V, H)), new((H, H)), new(H), new((H, V)), new(V)], *ws.partial]
+        dH0 = new((B, H)) if ctx.needs_input_grad[2] else None
+        W_hh_T.copy_(W_hh.t())
 
         @torch.no_grad()
-        def recurrence(g: int) -> None:
+        def rows(g: int) -> None:
+            Hs, dA, r = ws.Hs[g], ws.dA[g], ws.rows[g]
             dA_t, D_t = ws.dA_g[g], ws.D_g[g]
-            torch.addcmul(ws.one, ws.H_out_g[g], ws.H_out_g[g], value=-1, out=ws.D_rows[g])
+            dY_g = (dY if groups == 1 else dY[:, r].contiguous()).view(-1, V)
+            torch.mm(dY_g, W_hq.t(), out=dA.view(-1, H))  # dH_t from the output layer
+            if dH_T is not None:
+                dA_t[T - 1].add_(dH_T[r])
+            torch.addcmul(ws.one, Hs[1:], Hs[1:], value=-1, out=ws.D[g])
             dA_t[T - 1].mul_(D_t[T - 1])
             for t in range(T - 2, -1, -1):
                 dA_t[t].addmm_(dA_t[t + 1], W_hh_T).mul_(D_t[t])
-
-        @torch.no_grad()
-        def weight_grads(g: int) -> None:  # the columns ws.columns[g] of H
-            c = ws.columns[g]
-            torch.mm(H_in.t(), dA[:, c], out=dW_hh[:, c])
-            dW_xh[:, c].zero_().index_add_(0, ctx.tokens, dA[:, c])
-            torch.sum(dA[:, c], 0, out=db_h[c])
-            torch.mm(H_out[:, c].t(), dY, out=dW_hq[c])
+            dW_xh, dW_hh, db_h, dW_hq, db_q = grads[g]
+            flat = dA.view(-1, H)
+            torch.mm(Hs[:T].view(-1, H).t(), flat, out=dW_hh)
+            dW_xh.zero_().index_add_(0, ctx.tokens[g], flat)
+            torch.sum(flat, 0, out=db_h)
+            torch.mm(Hs[1:].view(-1, H).t(), dY_g, out=dW_hq)
+            torch.sum(dY_g, 0, out=db_q)
+            if dH0 is not None:
+                torch.mm(dA_t[0], W_hh_T, out=dH0[r])
 
         with _one_core_per_group(groups):
-            torch.mm(dY, W_hq.t(), out=dA)  # dH_t from the output layer, every step at once
-            if dH_T is not None:
-                ws.dA[T - 1].add_(dH_T)
-            W_hh_T.copy_(W_hh.t())
-            _each_group(recurrence, groups)
-            _each_group(weight_grads, groups)
-        dH0 = torch.mm(ws.dA[0], W_hh_T) if ctx.needs_input_grad[2] else None
-        return None, None, dH0, dW_xh, dW_hh, db_h, dW_hq, dY.sum(0)
+            _each_group(rows, groups)
+            for partial in grads[1:]:
+                for total, part in zip(grads[0], partial):
+                    total.add_(part)
+        return None, None, dH0, *grads[0]
 
 
 # ---------------------------------------------------------------- oneDNN probes
