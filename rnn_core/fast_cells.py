@@ -11,9 +11,13 @@ by the same call, so the same torch seed gives the same masks). How it is arrang
     one for its candidate, whose input R*H depends on the first); backward, one product per
     step the same way, dA @ W_h^T;
   * every weight gradient is one large product over the minibatch after the loop, and the
-    derivatives of the nonlinearities are computed for all steps at once, so a step's
-    backward is a handful of elementwise ops;
-  * per-step results are written into preallocated buffers (out=), no autograd recording.
+    derivatives of the nonlinearities are computed for all steps at once after the forward
+    loop, so a step does only what the next step needs (an LSTM step: one product and six
+    elementwise ops forward, one product and five backward);
+  * per-step results are written into preallocated buffers (out=), no autograd recording;
+  * the batch rows are split into one group per torch thread, each group's whole pass on its
+    own core (as fast.FastRNN's `rows` kernel): torch's own threading of these small
+    products pays a barrier per op and collapses when another process wants the cores.
 Plain torch ops (torch.mm / addmm, MKL or oneBLAS underneath), so it runs on any device and
 dtype. The single-layer §8.5 RNN without dropout has its own, faster kernel: fast.FastRNN.
 """
@@ -23,10 +27,10 @@ import functools
 from collections.abc import Sequence
 
 import torch
-from torch.nn import functional as F
 
 from .cells import dropout_masks
-from .fast import FastRNN, keep_freed_memory
+from .fast import (FastRNN, _each_group, _one_core_per_group, _split, keep_freed_memory,
+                   row_threads)
 from .model import RNNModelScratch
 
 Tensor = torch.Tensor
@@ -36,13 +40,15 @@ class _Kernel:
     """One layer's recurrence over T steps of a (B, H) state, with its buffers and per-step
     views made once and reused minibatch after minibatch.
 
-    The caller writes the input terms plus biases of every step into `xw` (T, B, G*H); then
-    `forward(state0, W_h)` runs the steps, adding H_t-1 W_h in place, and returns the final
-    state. `backward(dHs, dstate, W_h)` takes the gradient reaching each step's H from above
-    (dHs, (T, B, H), used as scratch) and the final state's, and returns (dA, the gradients of
-    W_h per gate, of the initial state), dA being the gradient of the gates' pre-activations
-    (T, B, G*H). Forward also stores each step's local derivatives (`q`), computed while the
-    step's values are in cache, so a backward step is a few multiplications and one product."""
+    `weights(W_h)` arranges the layer's hidden-to-hidden weights once per minibatch (gates
+    side by side, and transposed for the backward). The caller writes the input terms plus
+    biases of every step into `xw` (T, B, G*H); then `forward(state0, w)` runs the steps,
+    adding H_t-1 W_h in place, and returns the final state. `backward(dHs, dstate, w)` takes
+    the gradient reaching each step's H from above (dHs, (T, B, H), used as scratch) and the
+    final state's, and returns (dA, the gradients of W_h per gate, of the initial state), dA
+    being the gradient of the gates' pre-activations (T, B, G*H). The loop does only what the
+    next step needs; the local derivatives of every step (`q`) are computed after it, for all
+    steps at once, so a backward step is a few multiplications and one product."""
     gates = 1
 
     def __init__(self, T: int, B: int, H: int, dtype: torch.dtype, device: torch.device):
@@ -56,10 +62,15 @@ class _Kernel:
         self.one = torch.ones((), dtype=dtype, device=device)
         self.Hs_t, self.q_t, self.dA_t = self.Hs.unbind(0), self.q.unbind(0), self.dA.unbind(0)
 
-    def gate_views(self, x: Tensor, k: int) -> list[list[Tensor]]:
-        """Per step, the k gate blocks of (T, B, k*H) `x`, sliced once."""
-        H = self.H
-        return [[x_t[:, g * H:(g + 1) * H] for g in range(k)] for x_t in x.unbind(0)]
+    @staticmethod
+    def weights(W_h: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """All gates' W_h side by side (H, G*H), and its transpose, contiguous."""
+        W = torch.cat(W_h, dim=1)
+        return W, W.t().contiguous()
+
+    def gate(self, x: Tensor, g: int, k: int = 1) -> Tensor:
+        """Gates g .. g+k-1 of (..., G*H) `x`, a view."""
+        return x[..., g * self.H:(g + k) * self.H]
 
     def _dH_T(self, dHs: Tensor, dH_T: Tensor | None) -> Tensor:
         return dHs[-1].add_(dH_T) if dH_T is not None else dHs[-1]
@@ -78,21 +89,20 @@ class _RNNKernel(_Kernel):
         super().__init__(T, B, H, dtype, device)
         self.xw = self.Hs[1:]              # each step's input terms, overwritten by its H
 
-    def forward(self, state0: Sequence[Tensor], W_h: list[Tensor]):
-        Hs, q = self.Hs_t, self.q_t
+    def forward(self, state0: Sequence[Tensor], w: tuple[Tensor, Tensor]):
+        Hs = self.Hs_t
         Hs[0].copy_(state0[0])
-        (W_hh,) = W_h
+        W_hh = w[0]
         for t in range(self.T):
-            H = Hs[t + 1].addmm_(Hs[t], W_hh).tanh_()
-            torch.addcmul(self.one, H, H, value=-1, out=q[t])
+            Hs[t + 1].addmm_(Hs[t], W_hh).tanh_()
+        torch.addcmul(self.one, self.xw, self.xw, value=-1, out=self.q)
         return (Hs[self.T].clone(),)
 
-    def backward(self, dHs: Tensor, dstate: Sequence[Tensor | None], W_h: list[Tensor]):
-        W_T = W_h[0].t().contiguous()
+    def backward(self, dHs: Tensor, dstate: Sequence[Tensor | None], w: tuple[Tensor, Tensor]):
         dH = self._dH_T(dHs, dstate[0])
         for t in range(self.T - 1, -1, -1):
             torch.mul(dH, self.q_t[t], out=self.dA_t[t])
-            dH = self._next_dH(t, dHs, self.dA_t[t], W_T)
+            dH = self._next_dH(t, dHs, self.dA_t[t], w[1])
         H_prev = self.Hs[:self.T].view(-1, self.H)
         return self.dA, [torch.mm(H_prev.t(), self.dA.view(-1, self.H))], (dH.clone(),)
 
@@ -108,43 +118,48 @@ class _GRUKernel(_Kernel):
         new = functools.partial(torch.empty, dtype=dtype, device=device)
         self.xw = new((T, B, 3 * H))   # [Z R | H~]: input terms, then the gates in place
         self.RH, self.diff = new((T, B, H)), new((T, B, H))
-        self.omz, self.dRH = new((B, H)), new((B, H))
+        self.dRH = new((B, H))
         self.zr = [x_t[:, :2 * H] for x_t in self.xw.unbind(0)]
-        self.gates_t = self.gate_views(self.xw, 3)     # Z, R, H~ per step
-        self.q_g = self.gate_views(self.q, 3)
-        self.dA_g = self.gate_views(self.dA, 3)
+        self.gates_t = [[self.gate(x_t, g) for g in range(3)] for x_t in self.xw.unbind(0)]
+        self.q_g = [[self.gate(q_t, g) for g in range(3)] for q_t in self.q_t]
+        self.dA_g = [[self.gate(d, g) for g in range(3)] for d in self.dA_t]
         self.dA_zr = [d[:, :2 * H] for d in self.dA_t]
+        self.RH_t, self.diff_t = self.RH.unbind(0), self.diff.unbind(0)
 
-    def forward(self, state0: Sequence[Tensor], W_h: list[Tensor]):
+    @staticmethod
+    def weights(W_h: list[Tensor]) -> tuple[Tensor, ...]:
+        """[W_hz W_hr] and W_hh, and their transposes: H~ needs R first."""
+        W_hzr, W_hh = torch.cat(W_h[:2], dim=1), W_h[2]
+        return W_hzr, W_hh, W_hzr.t().contiguous(), W_hh.t().contiguous()
+
+    def forward(self, state0: Sequence[Tensor], w: tuple[Tensor, ...]):
         Hs = self.Hs_t
         Hs[0].copy_(state0[0])
-        W_hzr, W_hh = torch.cat(W_h[:2], dim=1), W_h[2]
-        self.W_hzr_T, self.W_hh_T = W_hzr.t().contiguous(), W_hh.t().contiguous()
+        W_hzr, W_hh = w[:2]
         for t in range(self.T):
-            (Z, R, ht), (q_z, q_r, q_h) = self.gates_t[t], self.q_g[t]
+            Z, R, ht = self.gates_t[t]
             self.zr[t].addmm_(Hs[t], W_hzr).sigmoid_()
-            rh = torch.mul(R, Hs[t], out=self.RH[t])
-            ht.addmm_(rh, W_hh).tanh_()
-            w = torch.sub(Hs[t], ht, out=self.diff[t])
-            torch.addcmul(w, w, Z, value=-1, out=q_z).mul_(Z)       # (H - H~) Z (1 - Z)
-            w.mul_(Z)
-            torch.add(ht, w, out=Hs[t + 1])
-            torch.addcmul(rh, rh, R, value=-1, out=q_r)             # H R (1 - R)
-            omz = torch.sub(self.one, Z, out=self.omz)
-            torch.addcmul(omz, omz * ht, ht, value=-1, out=q_h)      # (1 - Z)(1 - H~^2)
+            ht.addmm_(torch.mul(R, Hs[t], out=self.RH_t[t]), W_hh).tanh_()
+            torch.addcmul(ht, Z, torch.sub(Hs[t], ht, out=self.diff_t[t]), out=Hs[t + 1])
+        Z, R, Ht = (self.gate(self.xw, g) for g in range(3))
+        q_z, q_r, q_h = (self.gate(self.q, g) for g in range(3))
+        torch.addcmul(self.diff, self.diff, Z, value=-1, out=q_z).mul_(Z)  # (H - H~) Z (1 - Z)
+        torch.addcmul(self.RH, self.RH, R, value=-1, out=q_r)              # H R (1 - R)
+        torch.addcmul(self.one, Ht, Ht, value=-1, out=q_h).mul_(self.one - Z)  # (1 - Z)(1 - H~^2)
         return (Hs[self.T].clone(),)
 
-    def backward(self, dHs: Tensor, dstate: Sequence[Tensor | None], W_h: list[Tensor]):
+    def backward(self, dHs: Tensor, dstate: Sequence[Tensor | None], w: tuple[Tensor, ...]):
         H, T, B = self.H, self.T, self.B
+        W_hzr_T, W_hh_T = w[2:]
         dH = self._dH_T(dHs, dstate[0])
         for t in range(T - 1, -1, -1):
             (dA_z, dA_r, dA_h), (q_z, q_r, q_h) = self.dA_g[t], self.q_g[t]
             Z, R, _ = self.gates_t[t]
             torch.mul(dH, q_h, out=dA_h)
-            dRH = torch.mm(dA_h, self.W_hh_T, out=self.dRH)
+            dRH = torch.mm(dA_h, W_hh_T, out=self.dRH)
             torch.mul(dH, q_z, out=dA_z)
             torch.mul(dRH, q_r, out=dA_r)
-            nxt = self._next_dH(t, dHs, self.dA_zr[t], self.W_hzr_T)
+            nxt = self._next_dH(t, dHs, self.dA_zr[t], W_hzr_T)
             dH = nxt.addcmul_(dH, Z).addcmul_(dRH, R)
         flat = self.dA.view(T * B, 3 * H)
         dW_hzr = torch.mm(self.Hs[:T].view(T * B, H).t(), flat[:, :2 * H])
@@ -163,41 +178,41 @@ class _LSTMKernel(_Kernel):
         new = functools.partial(torch.empty, dtype=dtype, device=device)
         self.xw = new((T, B, 4 * H))   # input terms, then the gates I, F, O, C~ in place
         self.Cs = new((T + 1, B, H))
-        self.tanhC, self.q_cc = new((T, B, H)), new((T, B, H))
-        self.u, self.v, self.dC = new((B, H)), new((B, H)), new((B, H))
-        self.gates_t = self.gate_views(self.xw, 4)
+        self.IC, self.tanhC, self.q_cc = new((T, B, H)), new((T, B, H)), new((T, B, H))
+        self.dC = new((B, H))
+        self.gates_t = [[self.gate(x_t, g) for g in range(4)] for x_t in self.xw.unbind(0)]
         self.ifo = [x_t[:, :3 * H] for x_t in self.xw.unbind(0)]
-        self.q_g = self.gate_views(self.q, 4)
-        self.dA_g = self.gate_views(self.dA, 4)
+        self.q_g = [[self.gate(q_t, g) for g in range(4)] for q_t in self.q_t]
+        self.dA_g = [[self.gate(d, g) for g in range(4)] for d in self.dA_t]
         self.q_if = [q_t[:, :2 * H].view(B, 2, H) for q_t in self.q_t]
         self.dA_if = [d[:, :2 * H].view(B, 2, H) for d in self.dA_t]
-        self.Cs_t, self.tanhC_t, self.q_cc_t = self.Cs.unbind(0), self.tanhC.unbind(0), self.q_cc.unbind(0)
+        self.Cs_t, self.IC_t = self.Cs.unbind(0), self.IC.unbind(0)
+        self.tanhC_t, self.q_cc_t = self.tanhC.unbind(0), self.q_cc.unbind(0)
 
-    def forward(self, state0: Sequence[Tensor], W_h: list[Tensor]):
+    def forward(self, state0: Sequence[Tensor], w: tuple[Tensor, Tensor]):
         Hs, Cs = self.Hs_t, self.Cs_t
         Hs[0].copy_(state0[0])
         Cs[0].copy_(state0[1])
-        W_hall = torch.cat(W_h, dim=1)
-        self.W_T = W_hall.t().contiguous()
-        u, v = self.u, self.v
+        W = w[0]
         for t in range(self.T):
-            (I, F, O, Ct), (q_i, q_f, q_o, q_c) = self.gates_t[t], self.q_g[t]
-            self.xw[t].addmm_(Hs[t], W_hall)
+            I, F, O, Ct = self.gates_t[t]
+            self.xw[t].addmm_(Hs[t], W)
             self.ifo[t].sigmoid_()
-            Ct.tanh_()
-            torch.mul(I, Ct, out=u)
-            torch.mul(F, Cs[t], out=v)
-            C = torch.add(u, v, out=Cs[t + 1])
-            tc = torch.tanh(C, out=self.tanhC_t[t])
-            h = torch.mul(O, tc, out=Hs[t + 1])
-            torch.addcmul(u, u, I, value=-1, out=q_i)             # C~ I (1 - I)
-            torch.addcmul(v, v, F, value=-1, out=q_f)             # C F (1 - F)
-            torch.addcmul(h, h, O, value=-1, out=q_o)             # tanh(C) O (1 - O)
-            torch.addcmul(I, u, Ct, value=-1, out=q_c)            # I (1 - C~^2)
-            torch.addcmul(O, h, tc, value=-1, out=self.q_cc_t[t])  # O (1 - tanh(C)^2)
+            IC = torch.mul(I, Ct.tanh_(), out=self.IC_t[t])
+            C = torch.addcmul(IC, F, Cs[t], out=Cs[t + 1])
+            torch.mul(O, torch.tanh(C, out=self.tanhC_t[t]), out=Hs[t + 1])
+        I, F, O, Ct = (self.gate(self.xw, g) for g in range(4))
+        q_i, q_f, q_o, q_c = (self.gate(self.q, g) for g in range(4))
+        h, IC, tc = self.Hs[1:], self.IC, self.tanhC
+        torch.addcmul(IC, IC, I, value=-1, out=q_i)                     # C~ I (1 - I)
+        torch.mul(F, self.Cs[:-1], out=q_f)
+        q_f.addcmul_(q_f, F, value=-1)                                  # C F (1 - F)
+        torch.addcmul(h, h, O, value=-1, out=q_o)                       # tanh(C) O (1 - O)
+        torch.addcmul(I, IC, Ct, value=-1, out=q_c)                     # I (1 - C~^2)
+        torch.addcmul(O, h, tc, value=-1, out=self.q_cc)                # O (1 - tanh(C)^2)
         return Hs[self.T].clone(), Cs[self.T].clone()
 
-    def backward(self, dHs: Tensor, dstate: Sequence[Tensor | None], W_h: list[Tensor]):
+    def backward(self, dHs: Tensor, dstate: Sequence[Tensor | None], w: tuple[Tensor, Tensor]):
         H, T, B = self.H, self.T, self.B
         dH = self._dH_T(dHs, dstate[0])
         dC = self.dC.zero_() if dstate[1] is None else self.dC.copy_(dstate[1])
@@ -208,7 +223,7 @@ class _LSTMKernel(_Kernel):
             torch.mul(dH, q_o, out=dA_o)
             torch.mul(dC, q_c, out=dA_c)
             dC.mul_(self.gates_t[t][1])
-            dH = self._next_dH(t, dHs, self.dA_t[t], self.W_T)
+            dH = self._next_dH(t, dHs, self.dA_t[t], w[1])
         dW = torch.mm(self.Hs[:T].view(T * B, H).t(), self.dA.view(T * B, 4 * H))
         return self.dA, [dW[:, k * H:(k + 1) * H] for k in range(4)], (dH.clone(), dC.clone())
 
@@ -219,15 +234,84 @@ KERNELS = {"rnn": _RNNKernel, "gru": _GRUKernel, "lstm": _LSTMKernel}
 # ------------------------------------------------------------------ the whole model
 
 class Workspace:
-    """Every layer's kernel (buffers included) for minibatches of one shape, reused call after
-    call; `calls` counts forwards, to catch a backward of an older one."""
+    """Buffers for minibatches of one shape, reused call after call. The batch rows are cut
+    into groups, one per torch thread as in fast.FastRNN's `rows` kernel (no layer ever mixes
+    rows): each group has every layer's kernel for its rows and does its whole share of a
+    pass on its own thread, so the threads meet once per forward and once per backward.
+    `calls` counts forwards, to catch a backward of an older one."""
 
-    def __init__(self, net: RNNModelScratch, T: int, B: int):
-        dtype, device = net.W_hq.dtype, net.W_hq.device
-        self.key = (net.arch, net.num_layers, T, B, net.num_hiddens, dtype, device)
-        self.kernels = [KERNELS[net.arch](T, B, net.num_hiddens, dtype, device)
-                        for _ in range(net.num_layers)]
+    def __init__(self, net: RNNModelScratch, T: int, B: int, groups: int = 1):
+        dtype, device, H = net.W_hq.dtype, net.W_hq.device, net.num_hiddens
+        self.key = (net.arch, net.num_layers, T, B, H, dtype, device, groups)
+        self.rows = _split(B, groups)
+        self.kernels = [[KERNELS[net.arch](T, r.stop - r.start, H, dtype, device)
+                         for _ in range(net.num_layers)] for r in self.rows]
         self.calls = 0
+
+
+def _layers(net: RNNModelScratch, params: Sequence[Tensor]) -> list[tuple]:
+    """Per layer, arranged once per minibatch for every row group: W_x and b with the gates
+    side by side, and the kernel's arrangement of W_h."""
+    G3, kernel = 3 * len(net.cell.gates), KERNELS[net.arch]
+    return [(torch.cat(p[0::3], dim=1), torch.cat(p[2::3]), kernel.weights(list(p[1::3])))
+            for p in (params[k * G3:(k + 1) * G3] for k in range(net.num_layers))]
+
+
+def _forward_rows(kernels: list[_Kernel], X: Tensor, masks: Tensor | None,
+                  state: Sequence[Tensor], layers: list[tuple], W_hq: Tensor, b_q: Tensor):
+    """One row group's forward through every layer and the output layer: logits (T, rows, V),
+    the new state, and what its backward needs (each layer's input, the top's output)."""
+    n, T = X.shape
+    S = len(state) // len(kernels)
+    tokens = X.t().reshape(-1)
+    inputs, new_state = [tokens], []
+    for k, (kernel, (W_x, b, w)) in enumerate(zip(kernels, layers)):
+        xw = kernel.xw.view(T * n, -1)
+        if k == 0:
+            torch.index_select(W_x, 0, tokens, out=xw).add_(b)   # one-hot X @ W_x, + b
+        else:
+            below = kernels[k - 1].Hs[1:]
+            inp = (below * masks[k - 1] if masks is not None else below).reshape(T * n, -1)
+            inputs.append(inp)
+            torch.addmm(b, inp, W_x, out=xw)
+        new_state.extend(kernel.forward(state[k * S:(k + 1) * S], w))
+    top = kernels[-1].Hs[1:]
+    top = (top * masks[-1] if masks is not None else top).reshape(T * n, -1)
+    return torch.addmm(b_q, top, W_hq).view(T, n, -1), new_state, (inputs, top)
+
+
+def _backward_rows(kernels: list[_Kernel], dY: Tensor, dstate: Sequence[Tensor | None],
+                   masks: Tensor | None, layers: list[tuple], W_hq: Tensor, saved: tuple,
+                   V: int):
+    """One row group's backward: the gradients of its initial state and its part of every
+    parameter's gradient (the model's order)."""
+    inputs, top = saved
+    L, T, n, H = len(kernels), kernels[0].T, kernels[0].B, kernels[0].H
+    S, G = len(dstate) // L, kernels[0].gates
+    grads: list[Tensor] = []
+    dHs = torch.mm(dY, W_hq.t()).view(T, n, H)
+    if masks is not None:
+        dHs.mul_(masks[L - 1])
+    dstate_in: list[Tensor] = [None] * (L * S)
+    for k in range(L - 1, -1, -1):
+        W_x, _, w = layers[k]
+        dA, dW_h, d0 = kernels[k].backward(dHs, dstate[k * S:(k + 1) * S], w)
+        dstate_in[k * S:(k + 1) * S] = d0
+        flat = dA.view(T * n, G * H)
+        db = flat.sum(0)
+        if k == 0:   # one-hot X^T dA: rows of dA added by token
+            dW_x = flat.new_zeros((V, G * H)).index_add_(0, inputs[0], flat)
+        else:
+            dW_x = torch.mm(inputs[k].t(), flat)
+            dHs = torch.mm(flat, W_x.t()).view(T, n, H)
+            if masks is not None:
+                dHs.mul_(masks[k - 1])
+        layer = []
+        for g in range(G):
+            cols = slice(g * H, (g + 1) * H)
+            layer += [dW_x[:, cols], dW_h[g], db[cols]]
+        grads[:0] = layer
+    return dstate_in, grads + [torch.mm(top.t(), dY), dY.sum(0)]
 
 
 class _StackFunction(torch.autograd.Function):
@@ -240,67 +324,56 @@ class _StackFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ws: Workspace, net: RNNModelScratch, X: Tensor, masks: Tensor | None,
                 *tensors: Tensor):
-        L, S, G3 = net.num_layers, len(net.cell.state), 3 * len(net.cell.gates)
+        L, S = net.num_layers, len(net.cell.state)
         state, params = tensors[:L * S], tensors[L * S:]
         B, T = X.shape
-        tokens = X.t().reshape(-1)
-        inputs, new_state = [None], []
-        for k, kernel in enumerate(ws.kernels):
-            p = params[k * G3:(k + 1) * G3]
-            W_x, W_h, b = torch.cat(p[0::3], dim=1), list(p[1::3]), torch.cat(p[2::3])
-            xw = kernel.xw.view(T * B, -1)
-            if k == 0:
-                torch.index_select(W_x, 0, tokens, out=xw).add_(b)   # one-hot X @ W_x, + b
-            else:
-                below = ws.kernels[k - 1].Hs[1:]
-                inp = (below * masks[k - 1] if masks is not None else below).reshape(T * B, -1)
-                inputs.append(inp)
-                torch.addmm(b, inp, W_x, out=xw)
-            new_state.extend(kernel.forward(state[k * S:(k + 1) * S], W_h))
-        W_hq, b_q = params[-2:]
-        top = ws.kernels[-1].Hs[1:]
-        top = (top * masks[L - 1] if masks is not None else top).view(T * B, -1)
-        Y = torch.addmm(b_q, top, W_hq)
+        layers, groups = _layers(net, params), len(ws.rows)
+        out = [None] * groups
+
+        @torch.no_grad()  # grad mode is per thread
+        def rows(g: int) -> None:
+            r = ws.rows[g]
+            out[g] = _forward_rows(ws.kernels[g], X[r], None if masks is None else masks[:, :, r],
+                                   [s[r] for s in state], layers, *params[-2:])
+
+        with _one_core_per_group(groups):
+            _each_group(rows, groups)
+        Y = torch.cat([o[0] for o in out], dim=1).view(T * B, -1)
+        new_state = [torch.cat([o[1][i] for o in out]) for i in range(L * S)]
         ws.calls += 1
-        ctx.ws, ctx.call, ctx.net, ctx.params, ctx.masks = ws, ws.calls, net, params, masks
-        ctx.inputs, ctx.top, ctx.tokens = inputs, top, tokens
+        ctx.ws, ctx.call, ctx.net, ctx.masks, ctx.layers = ws, ws.calls, net, masks, layers
+        ctx.W_hq, ctx.saved = params[-2], [o[2] for o in out]
         ctx.set_materialize_grads(False)
         return (Y, *new_state)
 
     @staticmethod
     def backward(ctx, dY: Tensor | None, *dstate: Tensor | None):
-        ws, net, params, masks = ctx.ws, ctx.net, ctx.params, ctx.masks
+        ws, net, masks = ctx.ws, ctx.net, ctx.masks
         if ws.calls != ctx.call:
             raise RuntimeError("FastCells reuses its buffers: call backward before the next forward")
-        L, V, H = net.num_layers, net.vocab_size, net.num_hiddens
-        S, G = len(net.cell.state), len(net.cell.gates)
-        T, B = ws.key[2:4]
-        W_hq = params[-2]
-        grads: list[Tensor | None] = [None] * len(params)
+        V, T, B = net.vocab_size, ws.key[2], ws.key[3]
+        groups = len(ws.rows)
         if dY is None:
-            dY = W_hq.new_zeros((T * B, V))
-        grads[-2], grads[-1] = torch.mm(ctx.top.t(), dY), dY.sum(0)
-        dHs = torch.mm(dY, W_hq.t()).view(T, B, H)
-        if masks is not None:
-            dHs.mul_(masks[L - 1])
-        dstate_in: list[Tensor | None] = [None] * (L * S)
-        for k in range(L - 1, -1, -1):
-            p = params[k * 3 * G:(k + 1) * 3 * G]
-            dA, dW_h, d0 = ws.kernels[k].backward(dHs, dstate[k * S:(k + 1) * S], list(p[1::3]))
-            dstate_in[k * S:(k + 1) * S] = d0
-            flat = dA.view(T * B, G * H)
-            db = flat.sum(0)
-            if k == 0:   # one-hot X^T dA
-                dW_x = torch.mm(F.one_hot(ctx.tokens, V).to(flat.dtype).t(), flat)
-            else:
-                dW_x = torch.mm(ctx.inputs[k].t(), flat)
-                dHs = torch.mm(flat, torch.cat(p[0::3], dim=1).t()).view(T, B, H)
-                if masks is not None:
-                    dHs.mul_(masks[k - 1])
-            for g in range(G):
-                cols = slice(g * H, (g + 1) * H)
-                grads[k * 3 * G + 3 * g:k * 3 * G + 3 * g + 3] = [dW_x[:, cols], dW_h[g], db[cols]]
-        ctx.inputs = ctx.top = None
+            dY = ctx.W_hq.new_zeros((T * B, V))
+        dY = dY.view(T, B, V)
+        out = [None] * groups
+
+        @torch.no_grad()
+        def rows(g: int) -> None:
+            r = ws.rows[g]
+            out[g] = _backward_rows(ws.kernels[g], dY[:, r].reshape(-1, V),
+                                    [None if d is None else d[r] for d in dstate],
+                                    None if masks is None else masks[:, :, r], ctx.layers,
+                                    ctx.W_hq, ctx.saved[g], V)
+
+        with _one_core_per_group(groups):
+            _each_group(rows, groups)
+            dstate_in = [torch.cat([o[0][i] for o in out]) for i in range(len(dstate))]
+            grads = out[0][1]
+            for _, partial in out[1:]:
+                for total, part in zip(grads, partial):
+                    total.add_(part)
+        ctx.saved = None
         return (None, None, None, None, *dstate_in, *grads)
 
 
@@ -318,9 +391,11 @@ class FastCells:
         net = self.net
         X = X.to(net.W_hq.device)
         B, T = X.shape
-        key = (net.arch, net.num_layers, T, B, net.num_hiddens, net.W_hq.dtype, net.W_hq.device)
+        groups = row_threads(B, X.device)
+        key = (net.arch, net.num_layers, T, B, net.num_hiddens, net.W_hq.dtype, net.W_hq.device,
+               groups)
         if self.ws is None or self.ws.key != key:
-            self.ws = Workspace(net, T, B)
+            self.ws = Workspace(net, T, B, groups)
         masks = None
         if net.training and net.dropout > 0:
             masks = dropout_masks(net.dropout, net.num_layers, T, B, net.num_hiddens,

@@ -106,3 +106,21 @@ def test_buffers_are_reused_but_a_stale_backward_is_refused():
     assert net.W_hi_l1.grad is not None
     f(torch.randint(0, 10, (2, 3)), net.begin_state(2))  # another shape: new buffers
     assert f.ws is not ws
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_row_groups_on_their_own_threads_compute_the_same(arch):
+    """With two torch threads the batch rows are split into two groups, each group's whole
+    pass on its own thread: still float64 autograd's results, dropout included; torch's
+    thread count is back afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        test_gradients_equal_autograd(arch, 2, 0.4, 28, 32, 17, 6)
+        net, X, state, _, _ = random_problem(arch, 28, 32, 17, 6, 2, 0.0)
+        f = FastCells(net)
+        f(X, state)
+        assert [len(r) for r in (range(17)[s] for s in f.ws.rows)] == [8, 9]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
