@@ -43,6 +43,7 @@ from rnn_core.config import CheckpointConfig
 from rnn_core.data import (DATASETS, NORMALIZATIONS, DataError, load_corpus, min_corpus_length,
                            normalize_text, read_text, sha1_of, split_corpus, SeqDataLoader)
 from rnn_core.distributed import DistributedError, Group, pick_device, resume_command, say, start
+from rnn_core.errors import for_command_line
 from rnn_core.generation import predict_ch8
 from rnn_core.model import RNNModelScratch
 from rnn_core.resume import TrainingState, load_training_state
@@ -58,6 +59,9 @@ RUN_SETTINGS = ("num_hiddens", "arch", "num_layers", "dropout", "batch_size", "n
                 "device", "val_fraction", "val_streams", "max_time", "min_lr", "optimizer",
                 "kernel", "save_every")  # what training_state.json records
 RESUMABLE = ("num_epochs", "out", "data", "device", "save_every", "resume")  # --resume may set these
+# The library names the setting at fault by its Python parameter; these are its flags here.
+FLAGS = {"out_dir": "--out", "repo_id": "--push-to-hub", "normalization": "--normalize",
+         "revision": "--revision"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             check_push_target(hub.push_to_hub)
         except HubError as e:
-            return refuse(f"error: {e}")
+            later = "" if e.setting == "repo_id" else \
+                "; or train without --push-to-hub and push later with --push-only"
+            return refuse(f"error: {for_command_line(e, FLAGS)}{later}")
     if hub.push_only is not None and group.distributed:
         return refuse("error: --push-only does not train; run it with python, not torchrun")
     if hub.push_only is not None:
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         if group.is_main:  # the one writer
             lock = RunLock(out).__enter__()
     except (DataError, CheckpointError) as e:
-        return refuse(f"error: {e}")
+        return refuse(f"error: {for_command_line(e, FLAGS)}")
     except LockedError as e:
         return refuse(f"error: {e}; wait for it to finish or stop it, or choose another --out")
     except OSError as e:
@@ -240,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(note if note.startswith("note: ") else f"note: {note}", file=sys.stderr)
         return train(args, out, hub, group, started)
     except (DataError, CheckpointError) as e:
-        return refuse(f"error: {e}")
+        return refuse(f"error: {for_command_line(e, FLAGS)}")
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)
@@ -382,11 +388,12 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
     except NonFiniteLossError as e:
         bar.close()
         if last.epoch == 0:
-            say(group, f"error: {e}. No epoch finished with finite loss; nothing was saved.",
+            say(group, f"error: {e} (--lr {args.lr}). No epoch finished with finite loss; nothing was saved.",
                 sys.stderr)
             return EXIT_NONFINITE
         status = EXIT_NONFINITE
-        done = f"error: {e}. The last good weights (epoch {last.epoch}) are kept in {args.out}."
+        done = (f"error: {e} (--lr {args.lr}). The last good weights (epoch {last.epoch}) are "
+                f"kept in {args.out}.")
     except DistributedError as e:  # every rank says it: rank 0 may be the one that died
         bar.close()
         status = EXIT_PEER_FAILED
@@ -434,13 +441,19 @@ def read_data(args: argparse.Namespace, state: TrainingState | None, saved_vocab
     """The training text (its path, sha1, text) and its corpus and vocabulary; on --resume,
     the very text the run was trained on (by sha1) and the saved vocabulary, or a refusal."""
     dataset = dataset_of(args)
-    path = dataset.download() if dataset else Path(args.data).resolve()
+    try:
+        path = dataset.download() if dataset else Path(args.data).resolve()
+    except DataError as e:
+        raise DataError(f"{e} (--data PATH)") from None
     data_sha1 = sha1_of(path) if path.is_file() else None
     if state is not None and state.data_sha1 and data_sha1 != state.data_sha1:
         raise DataError(f"--resume {args.resume}: the run was trained on a text with sha1 "
                         f"{state.data_sha1}, but {path} " + ("has sha1 " + data_sha1 if data_sha1 else
                         "does not exist") + "; pass --data with the text the run was trained on")
-    text = read_text(path)
+    try:
+        text = read_text(path)
+    except DataError as e:
+        raise DataError(f"{e}; check --data" if e.setting == "path" else str(e)) from None
     corpus, vocab = load_corpus(text, args.normalize, args.max_tokens)
     if saved_vocab is not None and vocab.idx_to_token != saved_vocab.idx_to_token:
         raise DataError(f"--resume {args.resume}: the text gives a vocabulary other than the saved "
@@ -595,7 +608,7 @@ def warn(message: str) -> None:
 
 def reason(e: Exception) -> str:
     """Why a save failed, in a few words: the OS's reason (e.g. "No space left on device")."""
-    return (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+    return (e.strerror or str(e)) if isinstance(e, OSError) else for_command_line(e, FLAGS)
 
 
 def saved_state(epoch: int, out: Path) -> str:
@@ -615,7 +628,7 @@ def push(folder: Path, hub: argparse.Namespace) -> int:
                  *(["--private"] if hub.private else []),
                  *(["--commit-message", hub.commit_message] if hub.commit_message else [])]
         hint = f"; retry with: {shlex.join(retry)}" if isinstance(e, HubError) else ""
-        print(f"error: {e}{hint}", file=sys.stderr)
+        print(f"error: {for_command_line(e, FLAGS)}{hint}", file=sys.stderr)
         return EXIT_PUSH_FAILED
     print(f"pushed {folder} to {hub.push_to_hub}@{hub.revision or 'main'}: commit {info.oid}\n"
           f"{info.commit_url}")

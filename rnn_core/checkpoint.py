@@ -65,11 +65,6 @@ class Checkpoint:
     commit: str | None = None
     folder: Path | None = None   # where its files are (a Hub model: its cached snapshot)
 
-    def __post_init__(self):
-        if isinstance(self.config, dict):  # a model built in memory: the sizes from the model
-            sizes = {"vocab_size": len(self.vocab), "num_hiddens": self.net.num_hiddens}
-            self.config = CheckpointConfig(**{**sizes, **self.config})
-
     def plot(self) -> bytes | None:
         """The training curve (perplexity.png) saved with the model, if its folder holds a
         PNG of at most MAX_PLOT_BYTES; else None."""
@@ -137,21 +132,23 @@ def save_checkpoint(out_dir: str | os.PathLike, weights: dict[str, torch.Tensor]
 
 
 def check_out_folder(out: str | os.PathLike) -> None:
-    """Refuse (CheckpointError, with the reason) any `out` a save must not replace: only an
-    absent or empty folder, or a checkpoint of this project holding nothing but checkpoint
-    files, may be written. Never `.`, a file, or a symbolic link."""
+    """Refuse (CheckpointError about `out_dir`, save_checkpoint's parameter, with the reason)
+    any `out` a save must not replace: only an absent or empty folder, or a checkpoint of this
+    project holding nothing but checkpoint files, may be written. Never `.`, a file, or a
+    symbolic link."""
     out = Path(out)
     if out.name in ("", ".", ".."):
-        raise CheckpointError(f"--out {out} does not name a checkpoint folder (saving replaces the "
-                              "whole folder); name a new one, e.g. --out runs/rnn")
+        raise CheckpointError(f"out_dir {out} does not name a checkpoint folder (saving replaces "
+                              "the whole folder); name a new one, e.g. runs/rnn", "out_dir")
     if out.is_symlink():
-        raise CheckpointError(f"--out {out} is a symbolic link (to {os.readlink(out)}); saving "
+        raise CheckpointError(f"out_dir {out} is a symbolic link (to {os.readlink(out)}); saving "
                               "would replace the link, not write into its target: pass the "
-                              "target folder itself or a new folder")
+                              "target folder itself or a new folder", "out_dir")
     if not out.exists():
         return
     if not out.is_dir():
-        raise CheckpointError(f"--out {out} is a file, not a folder; choose another path")
+        raise CheckpointError(f"out_dir {out} is a file, not a folder; choose another path",
+                              "out_dir")
     entries = sorted(os.listdir(out))
     if not entries:
         return
@@ -159,16 +156,16 @@ def check_out_folder(out: str | os.PathLike) -> None:
                or not (out / e).is_file()]
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise CheckpointError(f"--out {out} holds files that are not part of a checkpoint "
+        raise CheckpointError(f"out_dir {out} holds files that are not part of a checkpoint "
                               f"({shown}); saving replaces the whole folder and would delete "
-                              "them: choose a new folder")
+                              "them: choose a new folder", "out_dir")
     try:
         config = _read_json(out / CONFIG_NAME)
         if not (isinstance(config, dict) and config.get("format") == FORMAT):  # who wrote it
             raise CheckpointError(f"its {CONFIG_NAME} does not say format {FORMAT!r}")
     except CheckpointError as e:
-        raise CheckpointError(f"--out {out} is not a checkpoint of this project ({e}); saving "
-                              "would replace it: choose a new folder") from None
+        raise CheckpointError(f"out_dir {out} is not a checkpoint of this project ({e}); saving "
+                              "would replace it: choose a new folder", "out_dir") from None
 
 
 def recover_interrupted_save(out: str | os.PathLike) -> list[str]:

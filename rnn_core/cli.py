@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .validation import MAX_MESSAGE_CHARS
 from .checkpoint import CheckpointError
-from .generation import SettingsError, check_generation_settings, generate_text
+from .errors import for_command_line
+from .generation import check_generation_settings, generate_text
 from .hub import load_model
 from .inspector import score
 
@@ -53,12 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The library names the setting at fault by its Python parameter; these are its flags here.
+FLAGS = {"num_preds": "--num-preds", "temperature": "--temperature", "top_k": "--top-k",
+         "revision": "--revision"}
+
+
 def generate(args: argparse.Namespace) -> int:
-    try:
-        check_generation_settings(args.num_preds, args.temperature, args.top_k)
-    except SettingsError as e:
-        print(f"error: --{e.setting.replace('_', '-')} {e.problem}", file=sys.stderr)
-        return 2
+    check_generation_settings(args.num_preds, args.temperature, args.top_k)  # before loading
     ckpt = load_model(args.model, args.revision)
     print(generate_text(ckpt.net, ckpt.vocab, args.prefix, args.num_preds, ckpt.normalization,
                         args.temperature, args.top_k, args.seed))
@@ -115,5 +117,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"generate": generate, "score": score_text, "deploy": deploy}[args.command](args)
     except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {for_command_line(e, FLAGS)}", file=sys.stderr)
         return 2

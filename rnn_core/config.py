@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from .cells import check_structure, num_params
 from .data import NORMALIZATIONS
+from .errors import SettingError
 
 FORMAT = "d2l-char-rnn-scratch"
 FORMAT_VERSION = 1   # raise when the layout changes incompatibly; files without it are version 1
@@ -37,8 +38,9 @@ RECORD_NUMBERS = ("num_epochs", "lr", "batch_size", "num_steps", "num_train_toke
 RECORD_TEXTS = ("data_name", "data_sha1", "device", "optimizer", "command")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be loaded; the message names the file and the problem."""
+class CheckpointError(SettingError):
+    """A checkpoint folder that cannot be loaded or written; the message names the file and
+    the problem."""
 
 
 def check_model_size(vocab_size, num_hiddens, arch="rnn", num_layers=1, dropout=0.0) -> None:
@@ -56,13 +58,6 @@ def check_model_size(vocab_size, num_hiddens, arch="rnn", num_layers=1, dropout=
         layers = f" and {num_layers} {arch} layers" if (arch, num_layers) != ("rnn", 1) else ""
         raise CheckpointError(f"vocab_size {V} and num_hiddens {H}{layers} make more than "
                               f"{MAX_PARAMETERS:,} parameters; refusing to allocate")
-
-
-def num_parameters(vocab_size: int, num_hiddens: int, arch: str = "rnn", num_layers: int = 1
-                   ) -> int:
-    """Parameters of the model (cells.num_params): about the multiply-adds of one generated
-    character."""
-    return num_params(vocab_size, num_hiddens, arch, num_layers)
 
 
 def check_metadata(key: str, value, depth: int = 0) -> None:
@@ -127,9 +122,9 @@ class CheckpointConfig:
         dropout = obj.get("dropout", 0.0)
         check_model_size(obj.get("vocab_size"), obj.get("num_hiddens"), arch, L, dropout)
         V, H = obj["vocab_size"], obj["num_hiddens"]
-        if num_parameters(V, H, arch, L) > max_parameters:
+        if num_params(V, H, arch, L) > max_parameters:
             raise CheckpointError(f"vocab_size {V} and num_hiddens {H} make "
-                                  f"{num_parameters(V, H, arch, L):,} parameters, more than the "
+                                  f"{num_params(V, H, arch, L):,} parameters, more than the "
                                   f"{max_parameters:,} allowed here; refusing to allocate")
         config = cls(vocab_size=V, num_hiddens=H, normalization=obj.get("normalization"),
                      training=obj.get("training", {}), training_text=obj.get("training_text"),
@@ -152,7 +147,9 @@ class CheckpointConfig:
 
     @property
     def num_params(self) -> int:
-        return num_parameters(self.vocab_size, self.num_hiddens, self.arch, self.num_layers)
+        """The model's parameters (cells.num_params): about the multiply-adds of one generated
+        character."""
+        return num_params(self.vocab_size, self.num_hiddens, self.arch, self.num_layers)
 
     def record(self) -> dict:
         """The training record's entries, each checked: numbers finite and sane, texts one

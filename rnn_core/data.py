@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from .errors import SettingError
+
 TIME_MACHINE_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
 TIME_MACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
 SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
@@ -26,7 +28,7 @@ SHAKESPEARE_SHA1 = "04486597058d11dcc2c556b1d0433891eb639d2e"
 NORMALIZATIONS = ("book", "raw")
 
 
-class DataError(ValueError):
+class DataError(SettingError):
     """A training text that cannot be used, with the reason and the fix."""
 
 
@@ -54,11 +56,12 @@ def download(url: str, sha1: str, filename: str) -> Path:
     try:
         urllib.request.urlretrieve(url, partial)
     except OSError as e:
-        raise DataError(f"could not download {url} ({e}); "
-                        "pass --data PATH to train on a local copy") from None
+        raise DataError(f"could not download {url} ({e}); try again later, or train on a "
+                        "local copy of the text") from None
     if sha1_of(partial) != sha1:
         partial.unlink()
-        raise DataError(f"{url} did not match its sha1 {sha1}; try again later or pass --data PATH")
+        raise DataError(f"{url} did not match its sha1 {sha1}; try again later, or train on a "
+                        "local copy of the text")
     os.replace(partial, path)
     return path
 
@@ -100,7 +103,7 @@ def read_text(path: str | os.PathLike) -> str:
     """Read a UTF-8 text file, refusing missing, empty, binary or non-UTF-8 files clearly."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist (or is not a file); check --data")
+        raise DataError(f"data file {path} does not exist (or is not a file)", "path")
     raw = path.read_bytes()
     if b"\x00" in raw:
         raise DataError(f"data file {path} looks binary (it contains NUL bytes); pass a UTF-8 text file")
@@ -177,8 +180,8 @@ def load_corpus(text: str, normalization: str = "book",
     then the corpus is cut to `max_tokens` (≤ 0 keeps everything)."""
     chars = normalize_text(text, normalization)
     if not chars:
-        raise DataError("the text has no characters left after normalisation "
-                        f"({normalization!r}); try --normalize raw or another file")
+        raise DataError(f"normalization {normalization!r} leaves no characters of the text; "
+                        "try 'raw' or another text", "normalization")
     vocab = Vocab(chars)
     corpus = [vocab[c] for c in chars]
     if max_tokens > 0:

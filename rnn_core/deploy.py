@@ -27,7 +27,9 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, Sp
 from huggingface_hub.utils import disable_progress_bars
 
 from .checkpoint import CARD_NAME, CheckpointError, checkpoint_folders, load_checkpoint
-from .hub import NETWORK_ERRORS, PUSHED_FILES, HubError, _reason, check_repo_id, commit_on, load_model
+from .hub import (NETWORK_ERRORS, PUSHED_FILES, HubError, _reason, check_repo_id, commit_on,
+                  load_from_hub)
+from .modelref import parse_model_ref
 
 SDK = "gradio"
 REQUIREMENTS = ("requirements.txt", "pre-requirements.txt")  # Spaces installs pre- first
@@ -120,15 +122,16 @@ def check_limits(plan: Plan, root: Path) -> None:
 def resolve_model(model: str, revision: str | None) -> dict[str, str]:
     """Check that the model loads as the Space will load it; its variables, with the revision
     pinned to the commit sha it resolved to unless one was given."""
-    if Path(model).expanduser().exists():
+    try:
+        parsed = parse_model_ref(model, revision)
+        ckpt = load_from_hub(parsed.repo_id, parsed.revision) if parsed.folder is None else None
+    except CheckpointError as e:
+        raise DeployError(f"--model {model} cannot be served ({e}); nothing was changed") from None
+    if ckpt is None:
         raise DeployError(f"--model must be a Hub repo id: a Space cannot read the local folder "
                           f"{model}; push it first (python train.py --push-only {model} "
                           "--push-to-hub you/name)")
-    try:
-        ckpt = load_model(model, revision)
-    except CheckpointError as e:
-        raise DeployError(f"--model {model} cannot be served ({e}); nothing was changed") from None
-    return {"RNN_MODEL": model, "RNN_MODEL_REVISION": revision or ckpt.commit}
+    return {"RNN_MODEL": parsed.repo_id, "RNN_MODEL_REVISION": parsed.revision or ckpt.commit}
 
 
 def current_variables(api: HfApi, space: str) -> dict[str, str]:
@@ -190,7 +193,7 @@ def upload(api: HfApi, plan: Plan, private: bool) -> tuple[str, bool]:
 def deploy(space: str, model: str | None = None, revision: str | None = None, *,
            private: bool = False, dry_run: bool = False, out=print) -> Plan:
     """The whole command; `out` receives the lines to show (the Space URL last)."""
-    space = check_repo_id(space, "deploy needs a Space id")
+    space = check_repo_id(space, "deploy needs a Space id", None)
     token = get_token()
     if token is None and not dry_run:
         raise DeployError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then deploy again")

@@ -15,8 +15,9 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from .data import Vocab, normalize_prompt
 from .cells import layer_param_names
+from .data import Vocab, normalize_prompt
+from .errors import SettingError
 from .model import RNNModelScratch
 
 
@@ -153,12 +154,12 @@ class Generator:
             yield self.vocab.idx_to_token[self.last]
 
 
-class SettingsError(ValueError):
+class SettingsError(SettingError):
     """A generation setting out of range; `setting` names it (callers add their own flag name)."""
 
     def __init__(self, setting: str, problem: str):
-        super().__init__(f"{setting} {problem}")
-        self.setting, self.problem = setting, problem
+        super().__init__(f"{setting} {problem}", setting)
+        self.problem = problem
 
 
 def check_generation_settings(num_preds, temperature, top_k) -> None:

@@ -17,7 +17,6 @@ saying what went wrong and what to do.
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from .checkpoint import (CARD_NAME, CONFIG_NAME, MAX_JSON_BYTES, MAX_PARAMETERS,
                          VOCAB_NAME, WEIGHTS_NAME, Checkpoint, CheckpointError, load_checkpoint,
                          read_config)
 from .generation import predict_ch8
-from .cells import param_shapes
+from .modelref import existing_folder, parse_model_ref
 
 # Plus the card; never training_state.*. The training text only when the folder has it.
 PUSHED_FILES = (WEIGHTS_NAME, CONFIG_NAME, VOCAB_NAME, PLOT_NAME, TRAINING_TEXT_NAME)
@@ -48,27 +47,20 @@ class HubError(CheckpointError):
 
 def load_model(ref: str, revision: str | None = None,
                max_parameters: int = MAX_PARAMETERS) -> Checkpoint:
-    """Load a checkpoint from a local folder (if `ref` is one) or a Hub repo id "user/name".
+    """Load a checkpoint from a local folder or a Hub repo id "user/name", as
+    `modelref.parse_model_ref` tells them apart.
 
     `revision` (a branch, tag or commit sha; default main) applies to Hub repos only. The
     result's `source` is the folder or repo id and `commit` the resolved Hub commit sha.
     Models of more than `max_parameters` are refused (before their weights are downloaded).
     """
-    if not isinstance(ref, str) or not ref.strip():
-        raise HubError("no model given: name a checkpoint folder or a Hub repo id like user/name")
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        if revision is not None:
-            raise HubError(f"--revision only applies to Hub repo ids, but {ref} is a local folder; "
-                           "drop --revision")
-        return load_checkpoint(path, max_parameters=max_parameters)
-    if ref.startswith((".", "/", "~")) or ref.endswith("/") or ref.count("/") > 1 or "\\" in ref:
-        raise HubError(f"checkpoint folder {ref} does not exist")
-    try:
-        validate_repo_id(ref)
-    except HFValidationError:
-        raise HubError(f"{ref!r} is neither a checkpoint folder nor a Hub repo id like user/name") from None
-    return load_from_hub(ref, revision, max_parameters)
+    model = parse_model_ref(ref, revision)
+    if model.folder is None:
+        return load_from_hub(model.repo_id, model.revision, max_parameters)
+    folder = existing_folder(str(model.folder))
+    if folder is None:
+        raise HubError(f"checkpoint folder {ref.strip()} does not exist")
+    return load_checkpoint(folder, max_parameters=max_parameters)
 
 
 def load_from_hub(repo_id: str, revision: str | None = None,
@@ -95,8 +87,7 @@ def download_checkpoint(repo_id: str, revision: str | None = None,
     asked = revision or "main"
     _fetch(repo_id, VOCAB_NAME, commit, asked, MAX_JSON_BYTES)
     V, H = config.vocab_size, config.num_hiddens
-    shapes = param_shapes(V, H, config.arch, config.num_layers)
-    max_bytes = 4 * sum(math.prod(s) for s in shapes.values()) + HEADER_ALLOWANCE
+    max_bytes = 4 * config.num_params + HEADER_ALLOWANCE   # float32 weights
     _fetch(repo_id, WEIGHTS_NAME, commit, asked, max_bytes,
            f"vocab_size {V} and num_hiddens {H} need at most {max_bytes:,}")
     if config.training_text is not None:
@@ -192,14 +183,16 @@ def _download(repo_id: str, filename: str, revision: str | None, asked: str | No
                        "try again") from None
 
 
-def check_repo_id(repo_id: str, what: str = "--push-to-hub needs a repo id") -> str:
-    """Refuse anything but "owner/name" (what the Hub accepts as a repo id)."""
+def check_repo_id(repo_id: str, what: str = "repo_id needs a repo id",
+                  setting: str | None = "repo_id") -> str:
+    """Refuse anything but "owner/name" (what the Hub accepts as a repo id): "`what` like
+    user/name", about `setting`."""
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
         repo_id = ""
     if repo_id.count("/") != 1:
-        raise HubError(f"{what} like user/name (letters, digits, '-', '_', '.')")
+        raise HubError(f"{what} like user/name (letters, digits, '-', '_', '.')", setting)
     return repo_id
 
 
@@ -220,8 +213,7 @@ def check_push_target(repo_id: str, token: str | None = None) -> None:
                        f"({_reason(e)}); try again later") from None
     except NETWORK_ERRORS as e:
         raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} to check the token "
-                       f"({_reason(e)}); check your connection, or train without --push-to-hub "
-                       "and push later with --push-only") from None
+                       f"({_reason(e)}); check your connection") from None
     auth = me.get("auth") if isinstance(me, dict) else None
     access = auth.get("accessToken") if isinstance(auth, dict) else None
     if isinstance(access, dict) and access.get("role") == "read":

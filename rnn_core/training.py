@@ -305,7 +305,7 @@ def train_ch8(net: RNNModelScratch, train_iter: Iterable, vocab: Vocab, lr: floa
             break
         if not math.isfinite(ppl):
             raise NonFiniteLossError(f"the loss became NaN or infinite in epoch {epoch + 1}; "
-                                     "try a smaller --lr")
+                                     "try a smaller learning rate")
         val_ppl = (evaluate_perplexity(net, val_corpus, batch_size, num_steps, device, group)
                    if val_corpus else None)
         result = EpochResult(epoch + 1, ppl, speed, val_ppl)

@@ -52,8 +52,12 @@ def test_a_corrupt_download_is_refused_and_not_cached(tmp_path, monkeypatch, tex
     assert not any((tmp_path / "cache").iterdir())
 
 
-def test_an_unreachable_url_says_to_pass_data(tmp_path, monkeypatch):
+def test_an_unreachable_url_says_to_pass_data(tmp_path, monkeypatch, capsys):
+    """The library says to use a local copy; train.py names its flag."""
     monkeypatch.setattr(data, "TIME_MACHINE_URL", "http://127.0.0.1:9/timemachine.txt")
     monkeypatch.setenv("RNN_CORE_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(data.DataError, match="pass --data PATH"):
+    with pytest.raises(data.DataError, match="train on a local copy of the text$"):
         data.download_time_machine()
+    import train
+    assert train.main(["--out", str(tmp_path / "run"), "--device", "cpu"]) == train.EXIT_REFUSED
+    assert "train on a local copy of the text (--data PATH)" in capsys.readouterr().err
