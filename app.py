@@ -38,8 +38,7 @@ from rnn_core.validation import (MAX_LENGTH, MAX_MESSAGE_CHARS, MAX_SEED, MAX_TE
                                  describe_vocab, read_as)
 from rnn_core.session import ChatSession
 from rnn_core.streaming import read_text, stream_reply, stream_together
-from rnn_core.models_cache import (LoadGate, ModelCache, load_for_visitor, load_served,
-                                   num_params)
+from rnn_core.models_cache import LoadGate, ModelCache, load_for_visitor, load_served
 from rnn_core.checkpoint import (Checkpoint, CheckpointError, Summary, checkpoint_folders,
                                  load_checkpoint)
 from rnn_core.hub import load_model
@@ -129,7 +128,7 @@ def model_card(ckpt: Checkpoint) -> str:
            "the book's model memorises." if ppl != "not measured" else "")
     return (f"**Model:** {model_source(ckpt)}  \n"
             f"{describe(ckpt.net.arch, ckpt.net.num_layers, ckpt.net.num_hiddens)}"
-            f" · {num_params(ckpt):,} parameters · "
+            f" · {ckpt.net.num_params():,} parameters · "
             f"validation perplexity {ppl}  \n"
             f"**Vocabulary** ({len(ckpt.vocab)} tokens, `{ckpt.normalization}` normalisation): "
             f"{md_escape(describe_vocab(ckpt.vocab))}{why}")
@@ -779,10 +778,38 @@ def build_inside(session, chatbot, message, length, temperature, top_k) -> None:
     result = gr.JSON(visible=False)
     api_unit = gr.Number(visible=False, precision=0)
     gr.Button(visible=False).click(score_api, [text, session], [result, session],
-                                   api_name="score", **limits)
+                                   api_name="score",
+                                   api_description=API_DESCRIPTIONS["score"], **limits)
     gr.Button(visible=False).click(trace_api, [text, api_unit, session], [result, session],
-                                   api_name="trace", **limits)
-    gr.Button(visible=False).click(why_api, [session], [result, session], api_name="why", **limits)
+                                   api_name="trace",
+                                   api_description=API_DESCRIPTIONS["trace"], **limits)
+    gr.Button(visible=False).click(why_api, [session], [result, session], api_name="why",
+                                   api_description=API_DESCRIPTIONS["why"], **limits)
+
+
+# What each public API endpoint does, for the people calling it (Gradio's API page shows
+# these instead of the functions' docstrings, which are written for this file's readers).
+API_DESCRIPTIONS = {
+    "chat": f"Send a message to this session's conversation; the model's reply streams back as "
+            f"plain text, each update the reply so far. length: characters to write (1 to "
+            f"{MAX_LENGTH}); temperature: 0 is greedy, the book's predict_ch8, higher samples "
+            f"more freely (at most {MAX_TEMPERATURE:g}); top_k: sample only from the k most "
+            "likely characters (0: all).",
+    "load_model": "Switch this session to another model: a Hub repo id (owner/name, with an "
+                  "optional revision: a branch, tag or commit sha) or a bundled model "
+                  "(checkpoints/NAME, see /bundled_models). Returns the model's card and an empty "
+                  "conversation; a refusal says why and changes nothing.",
+    "new_chat": "Start this session's conversation afresh: empty transcript, zero hidden state.",
+    "bundled_models": "The models bundled with the app: for each, ref (what /load_model takes), "
+                      "name, arch, num_layers, num_hiddens, num_params, the training text and "
+                      "its validation perplexity and loss (null where not measured).",
+    "score": "How surprised the session's model is by a text: each character's probability, "
+             "surprisal in bits and the five likeliest next characters, as JSON.",
+    "trace": "One hidden unit's value after each character of a text (and, for an LSTM, its "
+             "cell's), as JSON.",
+    "why": "The session's last reply, each character with the distribution the sampler drew it "
+           "from and its rank there, as JSON.",
+}
 
 
 # ---------------------------------------------------------------- the page
@@ -937,7 +964,8 @@ def build() -> gr.Blocks:
                       [card, plot, conversation, top_k, load_error, session],
                       api_visibility="private", concurrency_limit=16, concurrency_id="load",
                       cancels=[chatting, retrying], preprocess=False)
-        gr.api(list_bundled_models, api_name="bundled_models")
+        gr.api(list_bundled_models, api_name="bundled_models",
+               api_description=API_DESCRIPTIONS["bundled_models"])
 
         gr.on([compare_button.click, compare_message.submit], compare,
               [compare_message, length, top_k, seed, third, *pane_temperatures, *pane_models,
@@ -954,13 +982,16 @@ def build() -> gr.Blocks:
             api_conversation = gr.JSON(label="conversation")
             api_chat, api_load, api_new = gr.Button(), gr.Button(), gr.Button()
         api_chat.click(chat, [message, length, temperature, top_k, session], [reply, session],
-                       api_name="chat", concurrency_limit=CHAT_CONCURRENCY,
+                       api_name="chat", api_description=API_DESCRIPTIONS["chat"],
+                       concurrency_limit=CHAT_CONCURRENCY,
                        concurrency_id="chat", preprocess=False,
                        postprocess=False)  # the reply is plain text
         api_load.click(load_other_model, [ref, revision, session],
                        [card, api_conversation, top_k, session], api_name="load_model",
+                       api_description=API_DESCRIPTIONS["load_model"],
                        concurrency_limit=16, concurrency_id="load")   # LOAD_GATE answers at once when busy
-        api_new.click(new_chat, [session], [api_conversation, session], api_name="new_chat")
+        api_new.click(new_chat, [session], [api_conversation, session], api_name="new_chat",
+                      api_description=API_DESCRIPTIONS["new_chat"])
     # Queue positions are sent once a second, not to every waiting visitor whenever any event
     # starts ("auto"): that is N² messages when N sessions arrive together.
     demo.queue(max_size=2048, status_update_rate=1)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import anyio
 
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .hub import hub_answers, load_from_hub
+from .modelref import parse_model_ref
 from .validation import ChatError
 
 log = logging.getLogger(__name__)
@@ -28,42 +29,45 @@ MAX_SERVED_PARAMETERS = 2_000_000
 HUB_UNREACHABLE = "The Hugging Face Hub cannot be reached; the current model stays loaded"
 HUB_PROBE_TIMEOUT = 3.0   # seconds: a visitor learns within ~5 s that the Hub is unreachable
 
-HUB_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$", re.ASCII)
-REVISION = re.compile(r"^\w[\w./-]{0,99}$", re.ASCII)
-
-
 LOCAL_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,99}$", re.ASCII)
 
 
 def resolve_model_ref(ref, revision, checkpoints_dir: Path) -> tuple[str, str | None]:
     """What a visitor may load: a Hub repo id (with an optional revision), or a checkpoint
-    folder under `checkpoints_dir` (as `checkpoints/NAME`). The decision is made on the text
-    alone, and every refusal of a path reads the same whatever exists outside that folder, so
-    no answer tells a visitor which server paths exist."""
+    folder under `checkpoints_dir` (as `checkpoints/NAME`), by the library's one rule
+    (`modelref.parse_model_ref`) with rule 1 narrowed to that folder. The decision is made on
+    the text alone, and every refusal of a path reads the same whatever exists outside that
+    folder, so no answer tells a visitor which server paths exist."""
     if not isinstance(ref, str) or not ref.strip():
         raise ChatError("type a Hub repo id (owner/name) or a folder under checkpoints/")
     ref = ref.strip()
-    revision = revision.strip() if isinstance(revision, str) and revision.strip() else None
     if len(ref) > 200 or any(unicodedata.category(c)[0] == "C" for c in ref):
         raise ChatError("that model reference is too long or holds control characters; type a "
                         "Hub repo id (owner/name) or checkpoints/NAME")
-    name = ref.removeprefix("./").removeprefix("checkpoints/") \
-        if ref.startswith(("checkpoints/", "./checkpoints/")) else None
-    if name is not None or ref.startswith(("/", "~", ".")) or "\\" in ref or ref == "checkpoints":
-        root = checkpoints_dir.resolve()
-        folder = (root / name).resolve() if name and LOCAL_NAME.match(name) else None
-        if folder is None or folder.parent != root or not folder.is_dir():
-            raise ChatError(f"{ref[:80]!r} is not a checkpoint folder under checkpoints/; local "
-                            "models must be folders there (e.g. checkpoints/timemachine-rnn512)")
-        if revision:
-            raise ChatError("a revision applies only to Hub repos; leave it empty for a local folder")
-        return str(folder), None
-    if not HUB_REPO_ID.match(ref) or ".." in ref or "--" in ref:
-        raise ChatError(f"{ref!r} is not a valid Hub repo id; use owner/name, e.g. "
-                        "someone/timemachine-rnn")
-    if revision is not None and (not REVISION.match(revision) or ".." in revision):
-        raise ChatError(f"{revision[:100]!r} is not a valid revision; use a branch, tag or commit sha")
-    return ref, revision
+    root = checkpoints_dir.resolve()
+
+    def under_checkpoints(text: str) -> Path | None:
+        """checkpoints/NAME names root/NAME, existing or not (checked below); nothing else
+        names a folder a visitor may use, whatever exists."""
+        if text != "checkpoints" and not text.startswith(("checkpoints/", "./checkpoints/")):
+            return None
+        name = text.removeprefix("./").removeprefix("checkpoints").removeprefix("/")
+        return (root / name).resolve() if LOCAL_NAME.match(name) else root
+
+    try:
+        model = parse_model_ref(ref, revision, under_checkpoints)
+    except CheckpointError as e:
+        if e.setting == "ref":
+            raise ChatError(f"{ref!r} is not a valid Hub repo id; use owner/name, e.g. "
+                            "someone/timemachine-rnn") from None
+        raise ChatError(str(e)) from None
+    if model.folder is None:
+        return model.repo_id, model.revision
+    folder = under_checkpoints(ref)   # None for any other path
+    if folder is None or folder.parent != root or not folder.is_dir():
+        raise ChatError(f"{ref[:80]!r} is not a checkpoint folder under checkpoints/; local "
+                        "models must be folders there (e.g. checkpoints/timemachine-rnn512)")
+    return str(folder), None
 
 
 def model_bytes(ckpt: Checkpoint) -> int:
@@ -152,10 +156,6 @@ class LoadGate:
             if self.busy[visitor] <= 0:
                 del self.busy[visitor]
 
-
-def num_params(ckpt: Checkpoint) -> int:
-    """Number of model parameters."""
-    return sum(p.numel() for p in ckpt.net.parameters())
 
 
 def load_served(ref: str, revision: str | None) -> Checkpoint:

@@ -99,7 +99,7 @@ class ChatSession:
         self.close()
         self.model = weakref.ref(ckpt)
         self.model_name = ckpt.source + (f"@{ckpt.commit[:12]}" if ckpt.commit else "")
-        self.num_params = sum(p.numel() for p in ckpt.net.parameters())
+        self.num_params = ckpt.net.num_params()
         self.gen: Generator | None = None          # while a reply streams
         self.position: tuple = (None, None)        # (state tuple, pending token) otherwise
         self.turns = []

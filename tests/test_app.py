@@ -424,6 +424,17 @@ def test_uploads_are_closed(app):
     assert "/tmp" not in r.text and "gradio" not in r.text.lower()
 
 
+def test_every_api_endpoint_is_described_for_its_callers(app):
+    """The API page describes each public endpoint in its callers' words, not the code's."""
+    info = httpx.get(app.url + "/gradio_api/info", timeout=10).json()["named_endpoints"]
+    public = ("/chat", "/load_model", "/new_chat", "/bundled_models", "/score", "/trace", "/why")
+    assert set(public) <= set(info), sorted(info)
+    for name, endpoint in info.items():
+        words = endpoint["description"]
+        assert len(words) > 40 and not re.search(r"Gradio|stored|session_of|`", words), (name, words)
+    assert "reply" in info["/chat"]["description"] and "temperature" in info["/chat"]["description"]
+
+
 def test_huge_numbers_and_missing_values_get_a_reason(app, tiny):
     """Issue 9 item 21: 10**400 for a slider, and a call with values missing."""
     with pytest.raises(AppError) as e:
