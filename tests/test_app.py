@@ -429,8 +429,8 @@ def test_every_api_endpoint_is_described_for_its_callers(app):
     info = httpx.get(app.url + "/gradio_api/info", timeout=10).json()["named_endpoints"]
     public = ("/chat", "/load_model", "/new_chat", "/bundled_models", "/score", "/trace", "/why")
     assert set(public) <= set(info), sorted(info)
-    for name, endpoint in info.items():
-        words = endpoint["description"]
+    for name, api in info.items():
+        words = api["description"]
         assert len(words) > 40 and not re.search(r"Gradio|stored|session_of|`", words), (name, words)
     assert "reply" in info["/chat"]["description"] and "temperature" in info["/chat"]["description"]
 
