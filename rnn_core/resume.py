@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import load, save
 
 from .checkpoint import MAX_JSON_BYTES, STATE_JSON, STATE_TENSORS, CheckpointError
-from .model import PARAM_NAMES
 from .training import EpochResult
 
 ADAM_STATE_KEYS = {"step", "exp_avg", "exp_avg_sq"}  # what torch.optim.Adam keeps per parameter
@@ -139,19 +138,20 @@ def _parse_state(meta, tensors: dict[str, torch.Tensor],
     if not isinstance(scalars, dict):
         raise ValueError("optim_scalars must be a JSON object")
     optimizer_state: dict[int, dict] = {}
+    param_names = list(weights)  # the optimizer's numbering: the model's parameter order
     for name, value in [*tensors.items(), *scalars.items()]:
         if name == "torch_rng":
             continue
         parts = name.split(".", 2)
         if not (len(parts) == 3 and parts[0] == "optim" and parts[1].isdigit()
-                and int(parts[1]) < len(PARAM_NAMES) and parts[2]):
+                and int(parts[1]) < len(param_names) and parts[2]):
             raise ValueError(f"unexpected optimizer entry {name!r}")
         idx, key = int(parts[1]), parts[2]
-        param = weights[PARAM_NAMES[idx]]
+        param = weights[param_names[idx]]
         if torch.is_tensor(value) and value.dim() > 0 and (value.shape != param.shape
                                                            or value.dtype != param.dtype):
             raise ValueError(f"optimizer tensor {name} is {value.dtype} {tuple(value.shape)}, but "
-                             f"{PARAM_NAMES[idx]} is {param.dtype} {tuple(param.shape)}")
+                             f"{param_names[idx]} is {param.dtype} {tuple(param.shape)}")
         if not torch.is_tensor(value) and not (_is_number(value) or isinstance(value, bool)):
             raise ValueError(f"optimizer entry {name} must be a number, got {value!r}")
         optimizer_state.setdefault(idx, {})[key] = value

@@ -127,6 +127,17 @@ def test_sigkill_then_resume_is_bit_identical_for_a_deep_lstm_with_dropout(tmp_p
     assert (config["arch"], config["num_layers"], config["dropout"]) == ("lstm", 2, 0.2)
 
 
+def test_resume_continues_adam_exactly_for_a_deep_gru(tmp_path, data_path):
+    """Adam's state is saved per parameter of the cell's own list (12 for a 2-layer GRU)."""
+    common = ["--data", data_path, *SMALL, "--arch", "gru", "--num-layers", "2",
+              "--optimizer", "adam", "--lr", "0.01"]
+    train(*common, "--num-epochs", "4", "--out", tmp_path / "whole")
+    train(*common, "--num-epochs", "2", "--out", tmp_path / "half")
+    assert "resuming" in train("--resume", tmp_path / "half", "--num-epochs", "4").stdout
+    a, b = (load_file(tmp_path / run / "model.safetensors") for run in ("whole", "half"))
+    assert set(a) == set(param_shapes(28, 16, "gru", 2)) and all(a[k].equal(b[k]) for k in a)
+
+
 def test_push_and_load_an_lstm_through_the_hub(env, lstm_checkpoint):  # noqa: F811
     ckpt = load_checkpoint(lstm_checkpoint)
     expected = predict_ch8("time traveller", 40, ckpt.net, ckpt.vocab, "cpu") + "\n"
