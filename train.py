@@ -362,7 +362,7 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
 
     steps_per_epoch = max(1, len(train_corpus) // (args.batch_size * args.num_steps))
     schedule = Schedule(updater, args.lr, args.min_lr, args.num_epochs * steps_per_epoch,
-                        args.max_time, started, len(history) * steps_per_epoch)
+                        args.max_time, started, len(history) * steps_per_epoch, group)
     prefix = (dataset or DATASETS["timemachine"]).prefix
     prefixes = ("time traveller", "traveller") if prefix == "time traveller" else (prefix,)
     resume_hint = f"continue with: {resume_command(group, args.out)}"

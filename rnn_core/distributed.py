@@ -56,14 +56,14 @@ class Group:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def shard(self, X: torch.Tensor) -> torch.Tensor:
-        """This rank's fixed slice of a global minibatch's rows: rows rank*b .. (rank+1)*b - 1
-        of b = B / world_size. For sequential partitioning the same rows (and so the same
-        carried state) stay with a rank for the whole epoch."""
+    def shard(self, X: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """This rank's fixed slice of a global minibatch's rows (along `dim`): rows
+        rank*b .. (rank+1)*b - 1 of b = B / world_size. For sequential partitioning the same
+        rows (and so the same carried state) stay with a rank for the whole epoch."""
         if not self.distributed:
             return X
-        b = X.shape[0] // self.world_size
-        return X[self.rank * b:(self.rank + 1) * b]
+        b = X.shape[dim] // self.world_size
+        return X.narrow(dim, self.rank * b, b)
 
     def rows(self, num_rows: int) -> range:
         """This rank's share of `num_rows` independent streams (validation): contiguous,
@@ -93,6 +93,15 @@ class Group:
         t = torch.tensor(values, dtype=torch.float64)
         self._all_reduce(t, dist.ReduceOp.SUM)
         return tuple(t.tolist())
+
+    def shared(self, value: float) -> float:
+        """Rank 0's `value` on every rank: one clock for decisions every rank must take alike
+        (where a time budget ends, the learning rate that depends on the time)."""
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        self._call(dist.broadcast, t, 0)
+        return t.item()
 
     def max(self, value: float) -> float:
         """The largest of one number over ranks (e.g. the slowest rank's epoch time)."""

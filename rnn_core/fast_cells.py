@@ -28,7 +28,6 @@ from collections.abc import Sequence
 
 import torch
 
-from .cells import dropout_masks
 from .fast import (FastRNN, _each_group, _one_core_per_group, _split, keep_freed_memory,
                    row_threads)
 from .model import RNNModelScratch
@@ -396,10 +395,7 @@ class FastCells:
                groups)
         if self.ws is None or self.ws.key != key:
             self.ws = Workspace(net, T, B, groups)
-        masks = None
-        if net.training and net.dropout > 0:
-            masks = dropout_masks(net.dropout, net.num_layers, T, B, net.num_hiddens,
-                                  X.device, net.W_hq.dtype)
+        masks = net.dropout_masks(T, B, X.device, net.W_hq.dtype) if net.training else None
         Y, *new_state = _StackFunction.apply(self.ws, net, X, masks, *state, *net.params)
         return Y, tuple(new_state)
 

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from .cells import (ARCHS, check_structure, dropout_masks, layer_param_names, num_params,
                     param_shapes, stacked_forward)
+from .distributed import SINGLE, Group
 
 __all__ = ["ARCHS", "PARAM_NAMES", "RNNModelScratch", "num_params", "param_shapes"]
 PARAM_NAMES = tuple(param_shapes(1, 1))  # the §8.5 RNN's: W_xh, W_hh, b_h, W_hq, b_q
@@ -20,6 +21,8 @@ PARAM_NAMES = tuple(param_shapes(1, 1))  # the §8.5 RNN's: W_xh, W_hh, b_h, W_h
 
 class RNNModelScratch(nn.Module):
     """A character RNN implemented from scratch (D2L §8.5; GRU §9.1, LSTM §9.2, deep §9.3)."""
+
+    group: Group = SINGLE  # under torchrun, the process whose rows of each minibatch it trains
 
     def __init__(self, vocab_size: int, num_hiddens: int, device: torch.device | str | None = None,
                  arch: str = "rnn", num_layers: int = 1, dropout: float = 0.0):
@@ -67,14 +70,22 @@ class RNNModelScratch(nn.Module):
         return tuple(torch.zeros((batch_size, self.num_hiddens), device=device)
                      for _ in range(self.num_layers * len(self.cell.state)))
 
+    def dropout_masks(self, steps: int, batch_size: int, device: torch.device | str,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+        """This minibatch's dropout masks (L, T, B, H), None without dropout. Under torchrun
+        (`group`) they are drawn for the global minibatch, as one process draws them, and
+        this process keeps its rows: every process applies the single process's masks."""
+        if not self.dropout > 0:
+            return None
+        masks = dropout_masks(self.dropout, self.num_layers, steps,
+                              batch_size * self.group.world_size, self.num_hiddens, device, dtype)
+        return self.group.shard(masks, dim=2).contiguous()
+
     def forward(self, X: torch.Tensor, state: tuple[torch.Tensor, ...]
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """X: (batch, steps) token ids → logits (steps * batch, V), time-major, and the new state."""
         inputs = F.one_hot(X.T, self.vocab_size).type(torch.float32)
-        masks = None
-        if self.training and self.dropout > 0:
-            masks = dropout_masks(self.dropout, self.num_layers, *inputs.shape[:2],
-                                  self.num_hiddens, inputs.device)
+        masks = self.dropout_masks(*inputs.shape[:2], inputs.device) if self.training else None
         layers = [self.layer(k) for k in range(self.num_layers)]
         return stacked_forward(self.cell, inputs, state, layers, self.W_hq, self.b_q, masks)
 

@@ -121,12 +121,14 @@ def train_epoch_ch8(net: RNNModelScratch, train_iter: Iterable, loss: nn.Module,
 
     `forward` replaces `net(X, state)` (same inputs, outputs and gradients), e.g. a
     `fast.FastRNN` or `fast_cells.FastCells`; by default the book's own forward runs. Under
-    torchrun (`group`) this rank trains on its rows of each minibatch, gradients are averaged
-    over the ranks before clipping, and perplexity and tokens/sec are the whole run's.
+    torchrun (`group`) this rank trains on its rows of each minibatch (and of its dropout
+    masks), gradients are averaged over the ranks before clipping, and perplexity and
+    tokens/sec are the whole run's.
     `before_step()` runs before each minibatch (e.g. to set the learning rate); when it
     returns False the epoch ends there.
     """
     forward = net if forward is None else forward
+    net.group = group  # its dropout masks: this rank's rows of the global minibatch's
     state, start = None, time.perf_counter()
     loss_sum, num_tokens = 0.0, 0
     for X, Y in train_iter:
@@ -224,22 +226,26 @@ class Schedule:
     Progress runs from 0 to 1 over `max_time` seconds from `start` when there is a budget,
     else over `total_steps` minibatches. Called before each minibatch; returns False (and
     sets `expired`) once the budget is spent, so training stops at a minibatch boundary.
+    Under torchrun (`group`) the time read is rank 0's, sent to every rank at each call, so
+    all ranks stop at the same minibatch and set the same learning rate.
     """
 
     def __init__(self, updater, lr: float, min_lr: float | None = None,
                  total_steps: int | None = None, max_time: float | None = None,
-                 start: float | None = None, steps_done: int = 0):
+                 start: float | None = None, steps_done: int = 0, group: Group = SINGLE):
         self.updater, self.lr, self.min_lr = updater, lr, min_lr
         self.total_steps, self.max_time, self.steps = total_steps, max_time, steps_done
         self.start = time.perf_counter() if start is None else start
+        self.group = group
         self.expired = False
         self.stopped_at: float | None = None   # seconds from `start` when the budget ran out
         self.longest_step = 0.0                # the longest time between two calls
         self._last: float | None = None
 
-    def progress(self) -> float:
+    def progress(self, elapsed: float) -> float:
+        """How far the run is, from 0 to 1, `elapsed` seconds after `start`."""
         if self.max_time:
-            return min(1.0, (time.perf_counter() - self.start) / self.max_time)
+            return min(1.0, elapsed / self.max_time)
         return min(1.0, self.steps / self.total_steps) if self.total_steps else 0.0
 
     def __call__(self) -> bool:
@@ -249,11 +255,12 @@ class Schedule:
         self._last = now
         if self.expired:
             return False
-        if self.max_time and now - self.start >= self.max_time:
-            self.expired, self.stopped_at = True, now - self.start
+        elapsed = self.group.shared(now - self.start) if self.max_time else now - self.start
+        if self.max_time and elapsed >= self.max_time:
+            self.expired, self.stopped_at = True, elapsed
             return False
         if self.min_lr is not None:
-            cosine = 0.5 * (1 + math.cos(math.pi * self.progress()))
+            cosine = 0.5 * (1 + math.cos(math.pi * self.progress(elapsed)))
             set_lr(self.updater, self.min_lr + (self.lr - self.min_lr) * cosine)
         self.steps += 1
         return True

@@ -1,11 +1,13 @@
 """train.py under torchrun (2 processes, gloo on CPU) against the single-process run: the same
-weights (up to float summation order), the same printed perplexities and samples, one
-checkpoint writer, resume across single and distributed runs, a killed rank."""
+weights (up to float summation order) for every cell, depth, dropout and kernel, the same
+printed perplexities, samples and validation line, one checkpoint writer, resume across single
+and distributed runs, a time budget that ends every rank at the same minibatch, a killed rank."""
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,6 +18,9 @@ import pytest
 import torch
 from conftest import ROOT
 from safetensors.torch import load_file
+
+from rnn_core.model import RNNModelScratch
+from rnn_core.training import Schedule, make_updater
 
 SMALL = ["--num-hiddens", "16", "--max-tokens", "4000", "--batch-size", "8", "--num-steps", "10",
          "--val-fraction", "0.2", "--device", "cpu"]
@@ -49,7 +54,12 @@ def assert_same_weights(a: Path, b: Path) -> None:
 @pytest.mark.parametrize("flags", [
     ["--kernel", "fast"],                                                  # sequential, SGD
     ["--kernel", "book", "--use-random-iter", "--optimizer", "adam", "--lr", "0.01"],
-], ids=["sequential-fast-sgd", "random-book-adam"])
+    # dropout masks are drawn for the global minibatch and sliced: the single process's
+    ["--kernel", "fast", "--arch", "lstm", "--num-layers", "2", "--dropout", "0.3"],
+    ["--kernel", "book", "--arch", "gru", "--num-layers", "2", "--dropout", "0.2",
+     "--use-random-iter", "--optimizer", "adam", "--lr", "0.01"],
+], ids=["sequential-fast-sgd", "random-book-adam", "lstm-2layers-dropout-fast",
+        "gru-2layers-dropout-random-book-adam"])
 def test_two_processes_train_the_single_process_model(tmp_path, data_path, flags):
     common = ["--data", data_path, *SMALL, *flags]
     single = run([sys.executable, "train.py", *common, "--num-epochs", "4",
@@ -68,13 +78,51 @@ def test_two_processes_train_the_single_process_model(tmp_path, data_path, flags
     for key in ("final_ppl", "final_val_ppl"):  # the tqdm/plot figures, to printed precision
         assert f"{cfg_one[key]:.2f}" == f"{cfg_two[key]:.2f}"
     from rnn_core.checkpoint import load_checkpoint
-    assert load_checkpoint(tmp_path / "two").net.W_hh.shape == (16, 16)
+    assert load_checkpoint(tmp_path / "two").net.W_hq.shape[0] == 16
 
     # A single-process checkpoint continued by two processes is the same run.
     run([sys.executable, "train.py", *common, "--num-epochs", "2", "--out", tmp_path / "half"])
     resumed = run([*torchrun_cmd(), "--resume", tmp_path / "half", "--num-epochs", "4"])
     assert f"resuming {tmp_path / 'half'} after epoch 2" in resumed.stdout
     assert_same_weights(tmp_path / "single", tmp_path / "half")
+
+
+class RankOne:
+    """Rank 1's group as the Schedule sees it: `shared` hands it rank 0's clock."""
+
+    def __init__(self, rank0_elapsed: float):
+        self.rank0_elapsed = rank0_elapsed
+
+    def shared(self, value: float) -> float:
+        return self.rank0_elapsed
+
+
+def test_the_schedule_reads_rank_0s_clock():
+    net = RNNModelScratch(5, 4)
+    updater = make_updater(net, "sgd", 1.0)
+    group = RankOne(50.0)  # its own clock says ~0 s: lr 1.0, no stop
+    schedule = Schedule(updater, 1.0, 0.1, max_time=100, group=group)
+    assert schedule() and updater.keywords["lr"] == pytest.approx(0.55)
+    group.rank0_elapsed = 100.0
+    assert not schedule() and schedule.expired and schedule.stopped_at == 100.0
+
+
+def test_a_time_budget_stops_every_rank_at_the_same_minibatch(tmp_path, data_path):
+    """Rank 1 starts 2 s after rank 0, so its own clock would end its budget 2 s later, in
+    the middle of rank 0's next collective; with rank 0's clock shared both stop together."""
+    out = tmp_path / "timed"
+    train = shlex.join([sys.executable, "train.py", "--data", str(data_path), *SMALL, "--arch", "lstm",
+                        "--num-epochs", "500", "--max-time", "10", "--min-lr", "0.1",
+                        "--out", str(out)])
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--standalone", "--no-python", "bash", "-c",
+                f'[ "$RANK" = 1 ] && sleep 2; exec {train}'])
+    assert (proc.stdout + proc.stderr).count(f"saved checkpoint to {out}") == 1
+    assert proc.stdout.splitlines()[-1].startswith("val loss ")
+    t = json.loads((out / "config.json").read_text())["training"]
+    assert t["processes"] == 2 and 1 <= t["num_epochs"] < 500
+    assert t["longest_step_seconds"] > 0  # it trained before the budget ran out
+    assert 10 <= t["stopped_at_seconds"] <= 10 + t["longest_step_seconds"]
 
 
 def test_batch_size_must_divide_by_the_processes(tmp_path, data_path):
