@@ -10,6 +10,7 @@ the order rotated, median of the ratios).
 
     python -m bench.distributed                         # 1 and 2 processes, CPU, book settings
     python -m bench.distributed --nprocs 1,2,4,8 --device cuda --batch-size 256
+    python -m bench.distributed --arch lstm --num-layers 2 --dropout 0.2 --num-hiddens 256
     python -m bench.distributed --quick                 # smoke test: small model, one round
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 
 from bench.common import ROOT, isa_info, machine_info, summary
 
+from rnn_core.cells import ARCHS, describe
 from rnn_core.data import DataError, download_time_machine
 
 SPEED = re.compile(r"^perplexity [\d.]+, ([\d.]+) tokens/sec on ", re.MULTILINE)
@@ -32,6 +34,7 @@ SPEED = re.compile(r"^perplexity [\d.]+, ([\d.]+) tokens/sec on ", re.MULTILINE)
 
 def command(nproc: int, args, out: str) -> list[str]:
     train = ["train.py", "--data", str(args.data), "--num-hiddens", str(args.num_hiddens),
+             "--arch", args.arch, "--num-layers", str(args.num_layers), "--dropout", str(args.dropout),
              "--batch-size", str(args.batch_size), "--num-steps", "35", "--kernel", args.kernel,
              "--num-epochs", str(args.epochs), "--save-every", str(args.epochs),
              "--device", args.device, "--out", out]
@@ -65,6 +68,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nprocs", default="1,2", help="process counts to compare, the first is the base")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--arch", choices=ARCHS, default="rnn")
+    p.add_argument("--num-layers", type=int, default=1)
+    p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--num-hiddens", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=32, help="the global minibatch")
     p.add_argument("--kernel", choices=("fast", "book"), default="fast")
@@ -86,7 +92,8 @@ def main() -> None:
     print(machine_info())
     if args.device == "cpu":
         print(isa_info())
-    print(f"settings: --num-hiddens {args.num_hiddens} --batch-size {args.batch_size} (global) "
+    print(f"settings: {describe(args.arch, args.num_layers, args.num_hiddens)}, --dropout "
+          f"{args.dropout}; --batch-size {args.batch_size} (global) "
           f"--num-steps 35 --kernel {args.kernel} --num-epochs {args.epochs} on {args.device}, "
           f"10,000 characters; {args.rounds} round(s)")
 
