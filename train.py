@@ -49,8 +49,8 @@ from rnn_core.model import RNNModelScratch
 from rnn_core.resume import TrainingState, load_training_state
 from rnn_core.runlock import LockedError, RunLock
 from rnn_core.training import (KERNELS, OPTIMIZERS, Interrupted, NonFiniteLossError, Schedule,
-                               StopSignals, evaluate_loss, loss_line, make_updater, num_streams,
-                               train_ch8)
+                               StopSignals, evaluate_loss, fit, loss_line, make_updater,
+                               num_streams)
 
 EXIT_REFUSED, EXIT_NONFINITE, EXIT_PUSH_FAILED, EXIT_SAVE_FAILED, EXIT_PEER_FAILED = 2, 3, 4, 5, 6
 HUB_FLAGS = ("push_to_hub", "private", "commit_message", "revision", "push_only")
@@ -257,21 +257,21 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
     """Prepare the run (a new one, or --resume), train it, save it; returns the exit status.
     Under torchrun, `group` is this process's place in the run: rank 0 prints and writes.
     `started`: when the command started (perf_counter), what --max-time counts from."""
-    state, saved_vocab = None, None
+    resumed, saved_vocab = None, None
     if args.resume is not None:
-        args, state, saved_vocab = resume_settings(args)
+        args, resumed, saved_vocab = resume_settings(args)
     args.num_epochs = 500 if args.num_epochs is None else args.num_epochs
     args.out = out
     fill_dataset_defaults(args)
     check_args(args)
-    path, data_sha1, text, corpus, vocab = read_data(args, state, saved_vocab)
+    path, data_sha1, text, corpus, vocab = read_data(args, resumed, saved_vocab)
     dataset = dataset_of(args)
-    if state is not None and args.num_epochs <= state.epoch:
-        if args.num_epochs < state.epoch:
-            raise DataError(f"--resume {args.resume}: the run already has {state.epoch} epochs; "
+    if resumed is not None and args.num_epochs <= resumed.epoch:
+        if args.num_epochs < resumed.epoch:
+            raise DataError(f"--resume {args.resume}: the run already has {resumed.epoch} epochs; "
                             f"--num-epochs {args.num_epochs} would discard some: pass more")
-        say(group, f"the run in {args.resume} already finished its {state.epoch} epochs; nothing "
-            f"to do (pass --num-epochs N with N > {state.epoch} to train longer)")
+        say(group, f"the run in {args.resume} already finished its {resumed.epoch} epochs; nothing "
+            f"to do (pass --num-epochs N with N > {resumed.epoch} to train longer)")
         return 0
     try:
         check_model_size(len(vocab), args.num_hiddens, args.arch, args.num_layers, args.dropout)
@@ -306,15 +306,15 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
                 if k not in ("resume", "out")}
     run_args["data"] = (str(args.data) if dataset else str(path)) if args.data else None  # local,
     # for --resume; never pushed
-    if state is not None:
+    if resumed is not None:
         with torch.no_grad():
             for name, p in net.named_parameters():
-                p.copy_(state.weights[name])
-        state.restore_optimizer(updater)
-        state.restore_rng()
-        history = state.history
-        state.args, state.data_sha1 = run_args, data_sha1
-        say(group, f"resuming {args.resume} after epoch {state.epoch}")
+                p.copy_(resumed.weights[name])
+        resumed.restore_optimizer(updater)
+        resumed.restore_rng()
+        history = resumed.history
+        resumed.args, resumed.data_sha1 = run_args, data_sha1
+        say(group, f"resuming {args.resume} after epoch {resumed.epoch}")
     group.broadcast_parameters(net.params)
 
     meta = {"data_name": path.name, "data_sha1": data_sha1, "device": str(device),
@@ -324,8 +324,8 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
     # The text the model trains on, carried in the checkpoint for the memorisation check.
     training_text, text_entry = pack_training_text(
         normalize_text(text, args.normalize)[:len(train_corpus)])
-    last = state or TrainingState.capture(0, run_args, net, updater, history, data_sha1)
-    saved_epoch = state.epoch if state else 0
+    last = resumed or TrainingState.capture(0, run_args, net, updater, history, data_sha1)
+    saved_epoch = resumed.epoch if resumed else 0
     bar = tqdm(total=args.num_epochs, initial=len(history), unit="epoch", dynamic_ncols=True,
                disable=not group.is_main)
     log = tqdm.write if group.is_main else (lambda line: None)
@@ -370,13 +370,13 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
     group.hold_signals()
     try:
         with StopSignals() as stop:
-            train_ch8(net, SeqDataLoader(train_corpus, args.batch_size, args.num_steps,
-                                         args.use_random_iter),
-                      vocab, args.lr, args.num_epochs, device, args.use_random_iter,
-                      updater=updater, start_epoch=len(history), val_corpus=val_corpus,
-                      batch_size=args.batch_size, num_steps=args.num_steps,
-                      on_epoch=on_epoch, log=log, kernel=args.kernel, group=group,
-                      schedule=schedule, prefixes=prefixes)
+            fit(net, SeqDataLoader(train_corpus, args.batch_size, args.num_steps,
+                                   args.use_random_iter),
+                vocab, args.lr, args.num_epochs, device, args.use_random_iter,
+                updater=updater, start_epoch=len(history), val_corpus=val_corpus,
+                batch_size=args.batch_size, num_steps=args.num_steps,
+                on_epoch=on_epoch, log=log, kernel=args.kernel, group=group,
+                schedule=schedule, prefixes=prefixes)
     except Interrupted as e:
         bar.close()
         how = "interrupted" if e.signum == signal.SIGINT else f"stopped by {e}"
@@ -437,7 +437,7 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
     return push(args.out, hub) if hub.push_to_hub else 0
 
 
-def read_data(args: argparse.Namespace, state: TrainingState | None, saved_vocab):
+def read_data(args: argparse.Namespace, resumed: TrainingState | None, saved_vocab):
     """The training text (its path, sha1, text) and its corpus and vocabulary; on --resume,
     the very text the run was trained on (by sha1) and the saved vocabulary, or a refusal."""
     dataset = dataset_of(args)
@@ -446,9 +446,9 @@ def read_data(args: argparse.Namespace, state: TrainingState | None, saved_vocab
     except DataError as e:
         raise DataError(f"{e} (--data PATH)") from None
     data_sha1 = sha1_of(path) if path.is_file() else None
-    if state is not None and state.data_sha1 and data_sha1 != state.data_sha1:
+    if resumed is not None and resumed.data_sha1 and data_sha1 != resumed.data_sha1:
         raise DataError(f"--resume {args.resume}: the run was trained on a text with sha1 "
-                        f"{state.data_sha1}, but {path} " + ("has sha1 " + data_sha1 if data_sha1 else
+                        f"{resumed.data_sha1}, but {path} " + ("has sha1 " + data_sha1 if data_sha1 else
                         "does not exist") + "; pass --data with the text the run was trained on")
     try:
         text = read_text(path)
@@ -463,11 +463,11 @@ def read_data(args: argparse.Namespace, state: TrainingState | None, saved_vocab
 
 def resume_settings(args: argparse.Namespace):
     """The saved run's settings with the few that may change (RESUMABLE) taken from `args`;
-    its state and vocabulary. Refuses flags that would change the run, and any saved setting
-    that does not parse as a command line would."""
+    its training state (`resumed`, a resume.TrainingState) and vocabulary. Refuses flags that
+    would change the run, and any saved setting that does not parse as a command line would."""
     ckpt = load_checkpoint(args.resume)
-    state = load_training_state(args.resume, dict(ckpt.net.named_parameters()))
-    settings = dict(state.args)
+    resumed = load_training_state(args.resume, dict(ckpt.net.named_parameters()))
+    settings = dict(resumed.args)
     settings.setdefault("kernel", "book")  # saved settings without a kernel: the book's
     parser = build_parser()
 
@@ -494,9 +494,9 @@ def resume_settings(args: argparse.Namespace):
         if getattr(args, key) is not None:
             setattr(saved, key, getattr(args, key))
     recorded = ckpt.config.training.get("data_sha1")  # when the resume state has none
-    if state.data_sha1 is None and isinstance(recorded, str):
-        state.data_sha1 = recorded
-    return saved, state, ckpt.vocab
+    if resumed.data_sha1 is None and isinstance(recorded, str):
+        resumed.data_sha1 = recorded
+    return saved, resumed, ckpt.vocab
 
 
 def settings_argv(settings: dict, data_name: str | None = None) -> list[str]:

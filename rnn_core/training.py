@@ -276,21 +276,32 @@ class EpochResult:
 
 
 def train_ch8(net: RNNModelScratch, train_iter: Iterable, vocab: Vocab, lr: float,
-              num_epochs: int, device: torch.device | str, use_random_iter: bool = False, *,
-              updater=None, start_epoch: int = 0, val_corpus: Sequence[int] | None = None,
-              batch_size: int = 32, num_steps: int = 35,
-              on_epoch: Callable[[EpochResult], None] | None = None,
-              log: Callable[[str], None] = print, kernel: str = "book",
-              group: Group = SINGLE, schedule: Schedule | None = None,
-              prefixes: Sequence[str] = ("time traveller", "traveller")) -> list[EpochResult]:
-    """§8.5: The book's `train_ch8`, plus optional validation, resume (`start_epoch`, `updater`),
-    a per-epoch callback and a choice of training kernel: `book` runs the book's forward and
-    autograd, `fast` the same math through `fast_cells.fast_forward` (the same gradients up to
-    float rounding, about twice the tokens/sec on CPU). Prints what the book prints through
-    `log`: predictions of `prefixes` (the book's by default), made with dropout off. A
-    `schedule` sets the learning rate before each minibatch and may end the run at a
-    minibatch boundary (its time budget). Under torchrun, `group` (see `distributed`) is this
-    process's place in the run.
+              num_epochs: int, device: torch.device | str, use_random_iter: bool = False
+              ) -> list[EpochResult]:
+    """§8.5: The book's `train_ch8`: the book's SGD on the book's forward; prints a prediction
+    of "time traveller" every 10 epochs, then the perplexity and speed and the predictions of
+    "time traveller" and "traveller". Returns each epoch's result. `fit` is this loop with the
+    choices a real run needs."""
+    return fit(net, train_iter, vocab, lr, num_epochs, device, use_random_iter)
+
+
+def fit(net: RNNModelScratch, train_iter: Iterable, vocab: Vocab, lr: float, num_epochs: int,
+        device: torch.device | str, use_random_iter: bool = False, *,
+        updater=None, start_epoch: int = 0, val_corpus: Sequence[int] | None = None,
+        batch_size: int = 32, num_steps: int = 35,
+        on_epoch: Callable[[EpochResult], None] | None = None,
+        log: Callable[[str], None] = print, kernel: str = "book",
+        group: Group = SINGLE, schedule: Schedule | None = None,
+        prefixes: Sequence[str] = ("time traveller", "traveller")) -> list[EpochResult]:
+    """`train_ch8`'s loop with what train.py needs around it: resume (`start_epoch`, and the
+    `updater` with its state; default the book's SGD), validation on `val_corpus` after each
+    epoch (`batch_size` streams of `num_steps`), a per-epoch callback, and a choice of kernel:
+    `book` runs the book's forward and autograd, `fast` the same math through
+    `fast_cells.fast_forward` (the same gradients up to float rounding, about twice the
+    tokens/sec on CPU). What the book prints goes to `log`: predictions of `prefixes` (the
+    book's by default), made with dropout off. A `schedule` sets the learning rate before each
+    minibatch and may end the run at a minibatch boundary (its time budget). Under torchrun,
+    `group` (see `distributed`) is this process's place in the run.
 
     Raises NonFiniteLossError when an epoch's loss is NaN or infinite.
     """

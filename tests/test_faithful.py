@@ -1,6 +1,7 @@
 """Faithfulness: the project against the book's own library (d2l 0.17.6) and small hand-checked cases."""
 from __future__ import annotations
 
+import inspect
 import math
 import random
 
@@ -13,7 +14,7 @@ from rnn_core.data import (SeqDataLoader, Vocab, load_corpus, normalize_prompt, 
                            read_text, seq_data_iter_random, seq_data_iter_sequential)
 from rnn_core.generation import Generator, generate_text, predict_ch8
 from rnn_core.model import RNNModelScratch
-from rnn_core.training import grad_clipping, make_updater, sgd, train_epoch_ch8
+from rnn_core.training import grad_clipping, make_updater, sgd, train_ch8, train_epoch_ch8
 
 BOOK_ORDER = ["<unk>", " ", "e", "t", "a", "i", "n", "o", "s", "h", "r", "d", "l", "m", "u",
               "c", "f", "w", "g", "y", "p", "b", "v", "k", "x", "z", "j", "q"]
@@ -163,6 +164,34 @@ def test_one_epoch_equals_the_books_train_epoch(book_corpus, d2l, use_random_ite
     assert ppl == pytest.approx(book_ppl, rel=1e-6)
     for ours, theirs in zip(net.params, book_net.params):
         assert torch.equal(ours.detach(), theirs.detach())
+
+
+def test_train_ch8_is_the_books_loop_with_the_books_signature(book_corpus, d2l, capsys):
+    """The book's signature; its SGD over `train_epoch_ch8` epoch after epoch; what it prints."""
+    ours, book = inspect.signature(train_ch8), inspect.signature(d2l.train_ch8)
+    assert [(p.name, p.default) for p in ours.parameters.values()] == \
+        [(p.name, p.default) for p in book.parameters.values()]
+    corpus, vocab = book_corpus
+    nets = []
+    for run in ("train_ch8", "by hand"):
+        torch.manual_seed(2)
+        random.seed(2)
+        net = RNNModelScratch(len(vocab), 32)
+        if run == "train_ch8":
+            history = train_ch8(net, SeqDataLoader(corpus, 32, 35), vocab, 1.0, 10, "cpu")
+        else:
+            updater = make_updater(net, "sgd", 1.0)
+            for _ in range(10):
+                train_epoch_ch8(net, SeqDataLoader(corpus, 32, 35), nn.CrossEntropyLoss(),
+                                updater, "cpu", False)
+        nets.append(net)
+    for a, b in zip(*(net.params for net in nets)):
+        assert torch.equal(a, b)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(history) == 10 and history[-1].ppl < history[0].ppl
+    assert lines[0] == predict_ch8("time traveller", 50, nets[0], vocab, "cpu")   # epoch 10
+    assert lines[1] == f"perplexity {history[-1].ppl:.1f}, {history[-1].speed:.1f} tokens/sec on cpu"
+    assert lines[2:] == [predict_ch8(p, 50, nets[0], vocab, "cpu") for p in ("time traveller", "traveller")]
 
 
 # --- prediction ----------------------------------------------------------------------------

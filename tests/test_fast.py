@@ -18,7 +18,7 @@ from rnn_core.data import SeqDataLoader, load_corpus, read_text
 from rnn_core.fast import FastRNN, onednn_available
 from rnn_core.generation import Generator, pick, predict_ch8
 from rnn_core.model import RNNModelScratch, rnn
-from rnn_core.training import make_updater, train_ch8
+from rnn_core.training import fit, make_updater
 
 BACKENDS = [pytest.param("onednn", marks=pytest.mark.skipif(
     not onednn_available(), reason="this torch build has no oneDNN linear op")), "plain", "rows"]
@@ -317,8 +317,8 @@ def test_training_with_the_fast_kernel_follows_the_book_run(data_path, use_rando
         random.seed(0)
         torch.manual_seed(0)
         net = RNNModelScratch(len(vocab), 64)
-        history = train_ch8(net, SeqDataLoader(corpus, 8, 12, use_random_iter), vocab, 1.0, 6,
-                            "cpu", use_random_iter, log=lambda s: None, kernel=kernel)
+        history = fit(net, SeqDataLoader(corpus, 8, 12, use_random_iter), vocab, 1.0, 6,
+                      "cpu", use_random_iter, log=lambda s: None, kernel=kernel)
         runs[kernel] = ([h.ppl for h in history], net)
     (ppl_book, net_book), (ppl_fast, net_fast) = runs["book"], runs["fast"]
     assert ppl_book[-1] < ppl_book[0]  # it learned something
@@ -327,10 +327,10 @@ def test_training_with_the_fast_kernel_follows_the_book_run(data_path, use_rando
         assert torch.allclose(a, b, atol=1e-4)
 
 
-def test_train_ch8_refuses_an_unknown_kernel():
+def test_fit_refuses_an_unknown_kernel():
     net = RNNModelScratch(5, 4)
     with pytest.raises(ValueError, match="unknown kernel 'turbo'"):
-        train_ch8(net, [], None, 1.0, 1, "cpu", kernel="turbo")
+        fit(net, [], None, 1.0, 1, "cpu", kernel="turbo")
 
 
 def test_fast_kernel_with_adam_matches_book_kernel(data_path):
@@ -341,8 +341,8 @@ def test_fast_kernel_with_adam_matches_book_kernel(data_path):
         torch.manual_seed(1)
         net = RNNModelScratch(len(vocab), 32)
         updater = make_updater(net, "adam", 0.01)
-        history = train_ch8(net, SeqDataLoader(corpus, 4, 10), vocab, 0.01, 3, "cpu",
-                            updater=updater, log=lambda s: None, kernel=kernel)
+        history = fit(net, SeqDataLoader(corpus, 4, 10), vocab, 0.01, 3, "cpu",
+                      updater=updater, log=lambda s: None, kernel=kernel)
         final[kernel] = history[-1].ppl
     assert final["fast"] == pytest.approx(final["book"], rel=1e-4)
 
