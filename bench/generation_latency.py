@@ -1,6 +1,6 @@
 """Generation latency, one stream: microseconds per generated character from a carried state.
 
-Ours (`rnn_core.generation.Generator`, what the app streams with) against the book's
+Ours (`rnn_core.generation.TextStream`, what the app streams with) against the book's
 `predict_ch8` loop on the same weights (the bundled model by default), greedy and sampled.
 The book's loop: per character, a (1, 1) input tensor, the model's forward (one-hot, the `rnn`
 loop, `torch.cat`), then `argmax` — with autograd recording, as the book runs it. The book has
@@ -27,7 +27,7 @@ import torch
 from bench.common import ROOT, isa_info, machine_info, summary
 
 from rnn_core.checkpoint import load_checkpoint
-from rnn_core.generation import Generator, predict_ch8
+from rnn_core.generation import TextStream, predict_ch8
 from rnn_core.model import RNNModelScratch
 
 PREFIX = "time traveller "
@@ -65,7 +65,7 @@ def book_loop(net, vocab, num_preds: int, temperature: float, top_k: int,
     return "".join(vocab.idx_to_token[i] for i in outputs)
 
 
-def ours(gen: Generator, num_preds: int, temperature: float, top_k: int,
+def ours(gen: TextStream, num_preds: int, temperature: float, top_k: int,
          rng: torch.Generator, started: list | None = None) -> str:
     gen.reset()
     prefix = gen.feed(PREFIX)
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     ckpt = load_checkpoint(args.model)
     vocab = ckpt.vocab
-    gen = Generator(ckpt.net, vocab, ckpt.normalization)
+    gen = TextStream(ckpt.net, vocab, ckpt.normalization)
     # The book's model holds its parameters with requires_grad=True (get_params), so its
     # predict_ch8 records autograd as it goes: the same weights, as the book holds them.
     net = RNNModelScratch(len(vocab), ckpt.net.num_hiddens)

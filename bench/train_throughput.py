@@ -3,7 +3,10 @@
 Batch 32, 35 steps, 512 hidden units, V = 28, sequential partitioning of the first 10,000
 characters, full BPTT, the book's clipping (theta = 1) and SGD (lr 1), all through the book's
 `train_epoch_ch8` loop. Contenders:
-  seed     the seed notebook's §8.5 scratch code: `RNNModelScratch` over the book's `rnn`
+  seed     the baseline every speed-up is measured against: the book's own §8.5 scratch code,
+           as in the D2L notebook this project was seeded from (its functions are
+           tests/d2l_book.py's `get_params`, `init_rnn_state` and `rnn`): `RNNModelScratch` over
+           the book's `rnn`
            (per step: one-hot input, torch.mm(X, W_xh) + torch.mm(H, W_hh) + b_h, tanh,
            torch.mm(H, W_hq) + b_q), autograd through the loop, the book's `grad_clipping`
            and `sgd`. This is `train.py --kernel book` (bit-exact to the book,

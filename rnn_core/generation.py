@@ -1,6 +1,6 @@
 """Prediction: the book's greedy `predict_ch8`, and a fast streaming generator with sampling.
 
-`Generator` carries one state across calls (the chat app's conversation: every layer's H, and
+`TextStream` carries one state across calls (the chat app's conversation: every layer's H, and
 C for an LSTM) and produces one character per step. Its greedy path reproduces `predict_ch8`
 exactly for every cell: the same operations in the same order, with the one-hot product
 replaced by the row of W_x it selects (exact: the other terms are zeros).
@@ -39,13 +39,14 @@ def predict_ch8(prefix: str, num_preds: int, net: RNNModelScratch, vocab: Vocab,
     return "".join([vocab.idx_to_token[i] for i in outputs])
 
 
-class Generator:
-    """One stream of text through the model: `feed` text, then `sample` characters.
+class TextStream:
+    """One stream of text through the model: `feed` text, then `generate` characters (named
+    apart from torch.Generator, the random stream that sampling draws from).
 
     The state after `feed(a)`, `feed(b)` equals the state after `feed(a + b)`: it has read
     exactly the characters given, in order. `state` is the model's state tuple (every
-    layer's H, and C for an LSTM); `last` is the token id waiting to be read next (the book
-    feeds a character only when the next one is asked for).
+    layer's H, and C for an LSTM); `pending` is the token id waiting to be read next (the
+    book feeds a character only when the next one is asked for).
     """
 
     def __init__(self, net: RNNModelScratch, vocab: Vocab, normalization: str = "book"):
@@ -74,15 +75,15 @@ class Generator:
     def reset(self) -> None:
         """Forget everything read: zero state, nothing pending."""
         self.state = self.net.begin_state(1, self.W_hq.device)
-        self.last: int | None = None
+        self.pending: int | None = None
 
     def snapshot(self) -> tuple[tuple[torch.Tensor, ...], int | None]:
         """A copy of the stream position (the whole state tuple and the pending token), for
         rewinding (undo, retry, stop)."""
-        return tuple(s.clone() for s in self.state), self.last
+        return tuple(s.clone() for s in self.state), self.pending
 
     def restore(self, snap: tuple[tuple[torch.Tensor, ...], int | None]) -> None:
-        self.state, self.last = tuple(s.clone() for s in snap[0]), snap[1]
+        self.state, self.pending = tuple(s.clone() for s in snap[0]), snap[1]
 
     def _step_rnn(self, idx: int, logits: bool = True) -> torch.Tensor | None:
         """Read token `idx`; return the 1-D logits for the next one (a reused buffer).
@@ -118,10 +119,10 @@ class Generator:
 
     def peek(self) -> torch.Tensor:
         """The logits for the next character (a copy), the stream left exactly as it was."""
-        if self.last is None:
+        if self.pending is None:
             raise ValueError("feed some text first; the model needs a character to read")
         snap = self.snapshot()
-        logits = self._step(self.last).clone()
+        logits = self._step(self.pending).clone()
         self.restore(snap)
         return logits
 
@@ -134,9 +135,9 @@ class Generator:
     def read(self, text: str) -> None:
         """Read `text` as it is (already normalised), one character after the other."""
         for ch in text:
-            if self.last is not None:
-                self._step(self.last, logits=False)
-            self.last = self.vocab[ch]
+            if self.pending is not None:
+                self._step(self.pending, logits=False)
+            self.pending = self.vocab[ch]
 
     def generate(self, num_preds: int, temperature: float = 0.0, top_k: int = 0,
                  rng: torch.Generator | None = None) -> Iterator[str]:
@@ -146,12 +147,12 @@ class Generator:
         restricted to the `top_k` most likely tokens when top_k > 0.
         """
         check_generation_settings(num_preds, temperature, top_k)
-        if self.last is None:
+        if self.pending is None:
             raise ValueError("feed some text before generating; the model needs a first character")
         for _ in range(num_preds):
-            logits = self._step(self.last)
-            self.last = pick(logits, temperature, top_k, rng)
-            yield self.vocab.idx_to_token[self.last]
+            logits = self._step(self.pending)
+            self.pending = pick(logits, temperature, top_k, rng)
+            yield self.vocab.idx_to_token[self.pending]
 
 
 class SettingsError(SettingError):
@@ -209,7 +210,7 @@ def generate_text(net: RNNModelScratch, vocab: Vocab, prefix: str, num_preds: in
                   seed: int | None = None) -> str:
     """Prefix (normalised) plus `num_preds` generated characters; greedy equals `predict_ch8`."""
     check_generation_settings(num_preds, temperature, top_k)
-    gen = Generator(net, vocab, normalization)
+    gen = TextStream(net, vocab, normalization)
     prefix = gen.feed(prefix)
     if not prefix:
         raise ValueError("the prefix is empty after normalisation; give at least one character "

@@ -10,7 +10,7 @@ A text is read the way the book's loss reads it (§8.5, `train_epoch_ch8`): from
 character t+1 predicted after reading 1..t, so the first character is read but not scored.
 Every number comes from the model's own `forward(X, state)`: the math lives in the model, and
 whatever cell it has (RNN, GRU, LSTM, several layers) is read the same way (`explain` re-reads a
-reply through the `Generator` that drew it, for the very logits it was drawn from). Input text
+reply through the `TextStream` that drew it, for the very logits it was drawn from). Input text
 follows the chat's rule (`validation.check_message`: normalised as the training text was, the same
 length limit, the same refusals).
 """
@@ -27,7 +27,7 @@ from .validation import ChatError, check_message
 from .session import Turn
 from .checkpoint import Checkpoint, read_training_text
 from .data import Vocab
-from .generation import Generator, candidates
+from .generation import TextStream, candidates
 
 TOP_K = 5                 # next-token candidates reported per scored character
 MIN_SPAN = 20             # default shortest verbatim span counted as memorised
@@ -349,9 +349,9 @@ def explain(ckpt: Checkpoint, turn: Turn) -> dict:
     on their cumulative sum reproduces the reply), `rank` is the character's place by
     probability (1 = most likely). A greedy reply takes the most likely of softmax(logits),
     shown as the distribution; so does a reply chosen step by step."""
-    gen = Generator(ckpt.net, ckpt.vocab, ckpt.normalization)
+    gen = TextStream(ckpt.net, ckpt.vocab, ckpt.normalization)
     gen.restore(turn.before)
-    gen.read(turn.read)
+    gen.read(turn.text_read)
     settings = turn.settings
     sampled = not turn.stepped and settings is not None and settings.temperature > 0
     names, chars = ckpt.vocab.idx_to_token, []
@@ -382,7 +382,7 @@ def conversation_passage(turns, limit: int) -> tuple[str, str]:
     """What the read-along reads by default: the conversation's transcript exactly as the
     state read it, or, when longer than `limit`, its latest turns that fit (the last `limit`
     characters if one turn alone is longer), with a note saying what was left out."""
-    texts = [t.read + t.reply for t in turns]
+    texts = [t.text_read + t.reply for t in turns]
     whole = "".join(texts)
     if len(whole) <= limit:
         return whole, ""
@@ -417,7 +417,7 @@ def step_options(ckpt: Checkpoint, logits: torch.Tensor, settings) -> tuple[list
 
 def memorised_turn(training: str, turn: Turn, min_len: int = MIN_SPAN) -> Memorisation:
     """`memorised` for a chat reply, read after its message (a span may begin there)."""
-    return memorised(turn.read + turn.reply, training, start=len(turn.read), min_len=min_len)
+    return memorised(turn.text_read + turn.reply, training, start=len(turn.text_read), min_len=min_len)
 
 
 # ---------------------------------------------------------------- per-model caches

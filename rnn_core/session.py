@@ -28,7 +28,7 @@ import anyio
 import torch
 
 from .checkpoint import Checkpoint
-from .generation import Generator, pick
+from .generation import TextStream, pick
 from .validation import (MAX_LENGTH, ChatError, Settings, check_message, read_as)
 
 MAX_TURNS = 200              # per conversation, so a session's memory stays bounded
@@ -73,7 +73,7 @@ class Turn:
         return not self.open and len(self.reply) < self.wanted
 
     @property
-    def read(self) -> str:
+    def text_read(self) -> str:
         """What the model read for the message: the separator, then the message."""
         return self.sep + self.text
 
@@ -100,7 +100,7 @@ class ChatSession:
         self.model = weakref.ref(ckpt)
         self.model_name = ckpt.source + (f"@{ckpt.commit[:12]}" if ckpt.commit else "")
         self.num_params = ckpt.net.num_params()
-        self.gen: Generator | None = None          # while a reply streams
+        self.gen: TextStream | None = None          # while a reply streams
         self.position: tuple = (None, None)        # (state tuple, pending token) otherwise
         self.turns = []
 
@@ -114,20 +114,20 @@ class ChatSession:
                             "to continue with the app's model")
         return ckpt
 
-    def generator(self) -> Generator:
+    def generator(self) -> TextStream:
         """The live generator (made from the model and the stream position when needed)."""
         if self.gen is None:
             ckpt = self.ckpt
-            gen = Generator(ckpt.net, ckpt.vocab, ckpt.normalization)
+            gen = TextStream(ckpt.net, ckpt.vocab, ckpt.normalization)
             if self.position[0] is not None:
-                gen.state, gen.last = self.position
+                gen.state, gen.pending = self.position
             self.gen = gen
         return self.gen
 
     def park(self) -> None:
         """Between replies: keep the stream position, let go of the model."""
         if self.gen is not None:
-            self.position = (self.gen.state, self.gen.last)
+            self.position = (self.gen.state, self.gen.pending)
             self.gen = None
 
     def reset(self) -> None:
@@ -139,7 +139,7 @@ class ChatSession:
     @property
     def transcript(self) -> str:
         """The whole conversation as the model read it (messages joined, replies verbatim)."""
-        return "".join(t.read + t.reply for t in self.turns)
+        return "".join(t.text_read + t.reply for t in self.turns)
 
     def close(self) -> None:
         """Stop the streaming turn, if any, at what has been streamed so far."""
@@ -148,7 +148,7 @@ class ChatSession:
 
     def start(self, message: str, verbatim: bool = False) -> Turn:
         """Validate a new message and open its turn; the previous reply, if still streaming,
-        stops. The caller reads `turn.read` into the state next (`feed` or `read`).
+        stops. The caller reads `turn.text_read` into the state next (`feed` or `read`).
         `verbatim`: see check_message."""
         ckpt = self.ckpt
         text = check_message(message, ckpt.vocab, ckpt.normalization, verbatim)
@@ -160,7 +160,7 @@ class ChatSession:
                             f"{MAX_TRANSCRIPT_CHARS:,} characters): press New chat to start again")
         sep = join_separator(transcript, text)
         turn = Turn(message, sep, text, before=self.generator().snapshot(), changes=changes)
-        turn.room = MAX_TRANSCRIPT_CHARS - len(transcript) - len(turn.read)
+        turn.room = MAX_TRANSCRIPT_CHARS - len(transcript) - len(turn.text_read)
         self.turns.append(turn)
         return turn
 
@@ -192,7 +192,7 @@ class ChatSession:
         turn = self.start(message)
         turn.settings = settings
         try:
-            await self.read(turn.read)
+            await self.read(turn.text_read)
         except BaseException:   # cancelled while reading: as if the message was never sent
             self.undo()
             raise
@@ -235,9 +235,9 @@ class ChatSession:
         if not turn.reply:
             raise ChatError("nothing to step back: the reply is empty")
         removed, turn.reply = turn.reply[-1], turn.reply[:-1]
-        state, last = turn.before   # a copy: the generator reuses the tensors it starts from
-        self.gen, self.position = None, (tuple(s.clone() for s in state), last)
-        await self.read(turn.read + turn.reply)
+        state, pending = turn.before   # a copy: the stream reuses the tensors it starts from
+        self.gen, self.position = None, (tuple(s.clone() for s in state), pending)
+        await self.read(turn.text_read + turn.reply)
         return removed
 
     def undo(self) -> Turn | None:

@@ -78,7 +78,7 @@ async def read_text(session: ChatSession, text: str) -> Turn:
     async with session.lock:
         turn = session.start(text, verbatim=True)
         try:
-            await session.read(turn.read)
+            await session.read(turn.text_read)
         except BaseException:   # cancelled or refused while reading: as if never sent
             session.undo()
             raise
@@ -96,7 +96,7 @@ async def stream_reply(session: ChatSession, message: str, settings: Settings,
     async with session.lock:
         turn = session.start(message)
         try:
-            await session.read(turn.read)
+            await session.read(turn.text_read)
         except BaseException:   # cancelled while reading: as if the message was never sent
             session.undo()
             raise

@@ -67,7 +67,7 @@ def test_undo_retry_stop_and_new_chat_restore_the_whole_state(lstm):
     after_a = session.generator().snapshot()
     turn(session, "machine")
     session.undo()                                    # back to after the first turn
-    assert states_equal(session.generator().state, after_a[0]) and session.generator().last == after_a[1]
+    assert states_equal(session.generator().state, after_a[0]) and session.generator().pending == after_a[1]
     retried = turn(session, "machine")                # retry: the same message again
     transcript = joined("time" + a, "machine")
     assert retried == continuation(lstm, transcript, GREEDY.length)
@@ -87,7 +87,7 @@ def test_undo_retry_stop_and_new_chat_restore_the_whole_state(lstm):
     assert 0 < len(shown) < 500 and session.transcript == transcript
     assert turn(session, "said") == continuation(lstm, joined(transcript, "said"), GREEDY.length)
     session.reset()                                   # new chat: every layer's H and C zero
-    assert states_equal(session.generator().state, zero[0]) and session.generator().last is None
+    assert states_equal(session.generator().state, zero[0]) and session.generator().pending is None
     assert turn(session, "time") == a
 
 

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from d2l_book import BOOK_CELLS
 from rnn_core.cells import ARCHS, CELLS, num_params, param_shapes
 from rnn_core.data import SeqDataLoader
-from rnn_core.generation import Generator, generate_text, predict_ch8
+from rnn_core.generation import TextStream, generate_text, predict_ch8
 from rnn_core.model import RNNModelScratch
 from rnn_core.training import make_updater, train_epoch_ch8
 
@@ -143,7 +143,7 @@ def test_generator_steps_equal_the_forward_for_deep_models(book_corpus, arch):
     predict_ch8's greedy text) for a 2-layer model trained with dropout."""
     corpus, vocab = book_corpus
     net = _trained(arch, corpus, vocab, epochs=2, num_layers=2, dropout=0.3)
-    gen = Generator(net, vocab)
+    gen = TextStream(net, vocab)
     state = net.begin_state(1)
     tokens = corpus[:40]
     for idx in tokens:

@@ -12,7 +12,7 @@ from torch import nn
 from d2l_book import get_params, init_rnn_state, rnn
 from rnn_core.data import (SeqDataLoader, Vocab, load_corpus, normalize_prompt, normalize_text,
                            read_text, seq_data_iter_random, seq_data_iter_sequential)
-from rnn_core.generation import Generator, generate_text, predict_ch8
+from rnn_core.generation import TextStream, generate_text, predict_ch8
 from rnn_core.model import RNNModelScratch
 from rnn_core.training import grad_clipping, make_updater, sgd, train_ch8, train_epoch_ch8
 
@@ -221,7 +221,7 @@ def test_greedy_predictions_equal_the_books_predict_ch8(book_corpus, d2l):
 def test_generator_carries_state_across_feeds(book_corpus):
     corpus, vocab = book_corpus
     net = _trained(corpus, vocab, epochs=3)
-    gen = Generator(net, vocab)
+    gen = TextStream(net, vocab)
     gen.feed("time ")
     gen.feed("traveller")
     split = "".join(gen.generate(30))

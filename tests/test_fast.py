@@ -16,7 +16,7 @@ from rnn_core import fast
 from rnn_core.checkpoint import load_checkpoint
 from rnn_core.data import SeqDataLoader, load_corpus, read_text
 from rnn_core.fast import FastRNN, onednn_available
-from rnn_core.generation import Generator, pick, predict_ch8
+from rnn_core.generation import TextStream, pick, predict_ch8
 from rnn_core.model import RNNModelScratch, rnn
 from rnn_core.training import fit, make_updater
 
@@ -367,14 +367,14 @@ def test_generator_steps_are_bit_for_bit_the_books_forward(bundled_checkpoint):
     greedy generation is the book's predict_ch8 whatever the text."""
     ckpt = load_checkpoint(bundled_checkpoint)
     net, vocab = ckpt.net, ckpt.vocab
-    gen = Generator(net, vocab)
+    gen = TextStream(net, vocab)
     state, idx = net.begin_state(1), vocab["t"]
     gen.feed("t")
     for _ in range(120):
         y, state = net(torch.tensor([[idx]]), state)
-        logits = gen._step(gen.last)
+        logits = gen._step(gen.pending)
         assert torch.equal(logits, y[0]) and torch.equal(gen.H, state[0])
-        idx = gen.last = int(y.argmax())
+        idx = gen.pending = int(y.argmax())
     for prefix in ("time traveller", "the medical man said", "q", "zzz xq"):
         gen.reset()
         gen.feed(prefix)

@@ -1,5 +1,5 @@
 """Generation settings: one rule (rnn_core.generation.check_generation_settings) for the CLI,
-CharRNN and Generator, each refusing bad values with a message naming the setting."""
+CharRNN and TextStream, each refusing bad values with a message naming the setting."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from rnn_core import CharRNN
-from rnn_core.generation import Generator, SettingsError
+from rnn_core.generation import TextStream, SettingsError
 
 BAD = [(-1, 0.0, 0, "num_preds must be a whole number >= 0, got -1"),
        (10, -0.5, 0, "temperature must be a finite number >= 0 (0 = greedy), got -0.5"),
@@ -25,7 +25,7 @@ def test_library_refuses_bad_settings_naming_the_setting(bundled_checkpoint, num
     with pytest.raises(SettingsError) as e:
         rnn.generate("time", num_preds, temperature, top_k)
     assert str(e.value) == message
-    gen = Generator(rnn.net, rnn.vocab)
+    gen = TextStream(rnn.net, rnn.vocab)
     gen.feed("time")
     with pytest.raises(SettingsError) as e:
         list(gen.generate(num_preds, temperature, top_k))

@@ -401,7 +401,7 @@ from bench.conversations import continuation                       # noqa: E402
 def said(session: ChatSession, message: str, settings: Settings) -> tuple[Turn, str]:
     """A turn as the app makes it: the message read into the state, then the reply drawn."""
     turn = session.start(message)
-    asyncio.run(session.read(turn.read))
+    asyncio.run(session.read(turn.text_read))
     return turn, "".join(session.reply(turn, settings))
 
 
@@ -454,7 +454,7 @@ def test_greedy_steps_are_a_greedy_reply(bundled):
     _, expected = said(streamer, "the psychologist", Settings(30, 0.0, 0))
     assert turn.reply == expected
     ours, theirs = stepper.generator(), streamer.generator()
-    assert torch.equal(ours.H, theirs.H) and ours.last == theirs.last
+    assert torch.equal(ours.H, theirs.H) and ours.pending == theirs.pending
 
 
 def test_stepping_back_and_forward_gives_bit_identical_logits(bundled):
@@ -519,7 +519,7 @@ def test_conversation_passage_keeps_the_latest_turns_that_fit(bundled):
     text, note = inspector.conversation_passage(session.turns, 2000)
     assert whole.endswith(text) and 1000 < len(text) <= 2000 and "read from a fresh state" in note
     assert inspector.conversation_passage(session.turns[:2], 2000) == (
-        "".join(t.read + t.reply for t in session.turns[:2]), "")
+        "".join(t.text_read + t.reply for t in session.turns[:2]), "")
 
 
 # ---------------------------------------------------------------- the views
