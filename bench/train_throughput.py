@@ -6,10 +6,9 @@ characters, full BPTT, the book's clipping (theta = 1) and SGD (lr 1), all throu
   seed     the baseline every speed-up is measured against: the book's own §8.5 scratch code,
            as in the D2L notebook this project was seeded from (its functions are
            tests/d2l_book.py's `get_params`, `init_rnn_state` and `rnn`): `RNNModelScratch` over
-           the book's `rnn`
-           (per step: one-hot input, torch.mm(X, W_xh) + torch.mm(H, W_hh) + b_h, tanh,
-           torch.mm(H, W_hq) + b_q), autograd through the loop, the book's `grad_clipping`
-           and `sgd`. This is `train.py --kernel book` (bit-exact to the book,
+           the book's `rnn` (per step: one-hot input, torch.mm(X, W_xh) + torch.mm(H, W_hh) +
+           b_h, tanh, torch.mm(H, W_hq) + b_q), autograd through the loop, the book's
+           `grad_clipping` and `sgd`. This is `train.py --kernel book` (bit-exact to the book,
            tests/test_faithful.py)
   nn.RNN   the book's concise model (§8.6: nn.RNN + nn.Linear, same hidden size), torch.optim.SGD
   fast     rnn_core.fast.FastRNN: `auto` (what `train.py` uses: the fastest kernel, timed at
