@@ -17,46 +17,39 @@ SHARED_DATA = ROOT.parent / "shared" / "data" / "timemachine.txt"
 SHARED_SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
+def text_file(env_var: str, shared: Path, download, what: str) -> Path:
+    """A text the tests read: $`env_var` if set, else `shared` (in ../shared/data beside the
+    checkout), else the project's own sha1-checked `download` into its cache (a fresh clone).
+    Where none of these works the suite fails with one line saying where the file is
+    expected; it never skips."""
+    from rnn_core.data import DataError, cache_dir
+    if os.environ.get(env_var):
+        path = Path(os.environ[env_var])
+        if not path.is_file():
+            pytest.fail(f"test data missing: {env_var}={path} is not a file", pytrace=False)
+        return path
+    if shared.is_file():
+        return shared
+    try:
+        return download()
+    except DataError as e:
+        pytest.fail(f"test data missing: {what} is expected at {shared} or in "
+                    f"{cache_dir()}/{shared.name}, and downloading it failed ({e})", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def data_path() -> Path:
-    """The book's text: $TIMEMACHINE_TXT if set, else `../shared/data/timemachine.txt` beside the
-    checkout, else the project's own sha1-checked download into its cache (a fresh clone).
-    Where none of these works the suite fails with one line saying where the file is expected;
-    it never skips."""
-    from rnn_core.data import DataError, cache_dir, download_time_machine
-    if os.environ.get("TIMEMACHINE_TXT"):
-        path = Path(os.environ["TIMEMACHINE_TXT"])
-        if not path.is_file():
-            pytest.fail(f"test data missing: TIMEMACHINE_TXT={path} is not a file", pytrace=False)
-        return path
-    if SHARED_DATA.is_file():
-        return SHARED_DATA
-    try:
-        return download_time_machine()
-    except DataError as e:
-        pytest.fail(f"test data missing: the book's text is expected at {SHARED_DATA} or in "
-                    f"{cache_dir()}/timemachine.txt, and downloading it failed ({e})", pytrace=False)
+    """The book's text (text_file: $TIMEMACHINE_TXT, the shared copy, or the download)."""
+    from rnn_core.data import download_time_machine
+    return text_file("TIMEMACHINE_TXT", SHARED_DATA, download_time_machine, "the book's text")
 
 
 @pytest.fixture(scope="session")
 def shakespeare_path() -> Path:
-    """tiny-shakespeare, found as `data_path` finds the book's text: $SHAKESPEARE_TXT, else
-    `../shared/data/tinyshakespeare.txt`, else the project's sha1-checked download; fails in
-    one line, never skips."""
-    from rnn_core.data import DataError, cache_dir, download_shakespeare
-    if os.environ.get("SHAKESPEARE_TXT"):
-        path = Path(os.environ["SHAKESPEARE_TXT"])
-        if not path.is_file():
-            pytest.fail(f"test data missing: SHAKESPEARE_TXT={path} is not a file", pytrace=False)
-        return path
-    if SHARED_SHAKESPEARE.is_file():
-        return SHARED_SHAKESPEARE
-    try:
-        return download_shakespeare()
-    except DataError as e:
-        pytest.fail(f"test data missing: tiny-shakespeare is expected at {SHARED_SHAKESPEARE} or "
-                    f"in {cache_dir()}/tinyshakespeare.txt, and downloading it failed ({e})",
-                    pytrace=False)
+    """tiny-shakespeare (text_file: $SHAKESPEARE_TXT, the shared copy, or the download)."""
+    from rnn_core.data import download_shakespeare
+    return text_file("SHAKESPEARE_TXT", SHARED_SHAKESPEARE, download_shakespeare,
+                     "tiny-shakespeare")
 
 
 @pytest.fixture(scope="module")
