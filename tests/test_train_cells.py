@@ -4,10 +4,8 @@ resume after SIGKILL, and the Hub (push, then load by repo id)."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from safetensors.torch import load_file, save_file
@@ -17,7 +15,7 @@ from rnn_core.cells import param_shapes
 from rnn_core.checkpoint import CheckpointError, load_checkpoint
 from rnn_core.generation import predict_ch8
 from test_hub import TOKEN, USER, env, generate, hub, push, pushed_sha  # noqa: F401 (fixtures)
-from test_train_cli import SMALL, _epochs_saved, _wait_for, train
+from test_train_cli import SMALL, sigkill_then_resume, train
 
 LSTM2 = ["--arch", "lstm", "--num-layers", "2", "--dropout", "0.2"]
 
@@ -107,20 +105,8 @@ def test_a_deep_checkpoint_with_a_wrong_layer_shape_is_refused(tmp_path, lstm_ch
 
 
 def test_sigkill_then_resume_is_bit_identical_for_a_deep_lstm_with_dropout(tmp_path, data_path):
-    common = ["--data", data_path, *SMALL, *LSTM2, "--num-epochs", "16", "--save-every", "2",
-              "--seed", "4"]
-    train(*common, "--out", tmp_path / "whole")
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "train.py", *map(str, common), "--out", killed],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(lambda: _epochs_saved(killed) >= 4)
-    time.sleep(0.05)  # somewhere inside a later epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 4 <= _epochs_saved(killed) < 16
-    resumed = train("--resume", killed)
-    assert "resuming" in resumed.stdout
-    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(killed / "model.safetensors")
+    common = ["--data", data_path, *SMALL, *LSTM2, "--save-every", "2", "--seed", "4"]
+    a, b, killed = sigkill_then_resume(tmp_path, common, 16, 4)
     assert set(a) == set(b) == set(param_shapes(28, 16, "lstm", 2))
     assert all(a[k].equal(b[k]) for k in a)
     config = json.loads((killed / "config.json").read_text())

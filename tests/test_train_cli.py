@@ -143,21 +143,30 @@ def _epochs_saved(folder: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("mode", [["--optimizer", "adam", "--lr", "0.01"], ["--use-random-iter"]])
-def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path, data_path, mode):
-    common = ["--data", data_path, *SMALL, "--num-epochs", "24", "--save-every", "3", "--seed", "4", *mode]
+def sigkill_then_resume(tmp_path: Path, common: list, num_epochs: int, kill_after: int):
+    """Train `common` for `num_epochs` whole into tmp_path/whole; again into tmp_path/killed,
+    SIGKILLed inside the epoch after `kill_after` were saved, then resumed. Returns the two
+    model.safetensors as tensors and the killed run's folder."""
+    common = [*common, "--num-epochs", str(num_epochs)]
     train(*common, "--out", tmp_path / "whole")
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "train.py", *map(str, common), "--out", killed], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(lambda: _epochs_saved(killed) >= 6)
+    _wait_for(lambda: _epochs_saved(killed) >= kill_after)
     time.sleep(0.05)  # somewhere inside a later epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 6 <= _epochs_saved(killed) < 24
+    assert kill_after <= _epochs_saved(killed) < num_epochs
     resumed = train("--resume", killed)
     assert "resuming" in resumed.stdout
     a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(killed / "model.safetensors")
+    return a, b, killed
+
+
+@pytest.mark.parametrize("mode", [["--optimizer", "adam", "--lr", "0.01"], ["--use-random-iter"]])
+def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path, data_path, mode):
+    common = ["--data", data_path, *SMALL, "--save-every", "3", "--seed", "4", *mode]
+    a, b, killed = sigkill_then_resume(tmp_path, common, 24, 6)
     assert all(a[k].equal(b[k]) for k in a)
     assert _epochs_saved(killed) == 24
 
