@@ -652,20 +652,11 @@ def _step_view(session: ChatSession, settings) -> str:
 
 
 async def step_begin(message, length, temperature, top_k, session):
-    """Step mode: read the message (as Send would) and show the next-character bars."""
-    session = session_of(session)
-    async with session.lock:
-        try:
-            settings = check_settings(length, temperature, top_k, len(session.ckpt.vocab))
-            await session.step_start(message, settings)
-            bars = _step_view(session, settings)
-        except ChatError as e:
-            raise refused(e) from None
-        except Exception as e:
-            raise failed(e, "the step") from None
-        finally:
-            session.park()
-    return view(session), "", bars, session
+    """Step mode: read the message (as Send would) and show the next-character bars; the
+    message box empties."""
+    chat, bars, session = await _step(session, length, temperature, top_k,
+                                      lambda s, settings: s.step_start(message, settings))
+    return chat, "", bars, session
 
 
 async def _step(session, length, temperature, top_k, action):
