@@ -21,12 +21,19 @@ import logging
 import os
 import re
 import secrets
+import sys
 from contextlib import aclosing
 from pathlib import Path
 
+# Every model step here is one batch-1 product (1 x 512 by 512 x 512): split across threads it
+# only adds a rendezvous, which on a busy 2-core machine costs 10x the product itself (the
+# other core is not free when asked). One thread per product, set before torch loads, so it
+# holds in every thread (torch.set_num_threads sets MKL's count for the calling thread only);
+# the second core runs the generation thread instead (rnn_core/engine.py).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import gradio as gr
 from gradio import state_holder
-import torch
 from huggingface_hub import constants
 from starlette.middleware import Middleware
 
@@ -1048,11 +1055,15 @@ def return_freed_memory_to_the_system() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)  # one batch-1 step is far too small to split across threads
     return_freed_memory_to_the_system()
     # The ~350k objects of Gradio, torch and the model live as long as the server: keep them
     # out of the garbage collector's full passes (~200 ms each, stalling every stream).
     gc.freeze()
+    # The generation thread gives up the GIL inside every torch operation and must win it
+    # back after each; with Python's default 5 ms switch interval a busy event loop keeps it
+    # waiting that long per operation (replies' steps then took 30-100 ms to come back at 64
+    # sessions). 1 ms bounds the wait; the loop's extra switches cost little.
+    sys.setswitchinterval(0.001)
     # Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT. Gradio runs at most
     # max_threads events at once whatever their concurrency limits, so it is raised to match.
     # Uploads: closed by NoUploads; max_file_size and the cache cleanup stand behind it.

@@ -13,8 +13,8 @@ reply counts only what was streamed). So with temperature 0 the first reply to M
 `predict_ch8(M', N)` continuation, and every later one is the greedy continuation of the whole
 transcript.
 
-This module is the session (`ChatSession`, its `Turn`s, step mode); generation that costs
-more than a moment runs in worker threads so the event loop stays free for other sessions.
+This module is the session (`ChatSession`, its `Turn`s, step mode); its generation runs on
+the generation thread (engine.py), so the event loop stays free for other sessions.
 """
 from __future__ import annotations
 
@@ -24,23 +24,22 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-import anyio
 import torch
 
 from .checkpoint import Checkpoint
+from .engine import ENGINE
 from .generation import TextStream, pick
 from .validation import (MAX_LENGTH, ChatError, Settings, check_message, read_as)
 
 MAX_TURNS = 200              # per conversation, so a session's memory stays bounded
 MAX_TRANSCRIPT_CHARS = 100_000
-# Generation work is measured in multiply-adds (characters x parameters). A reply's update
-# computes at most INLINE_WORK (1–2 ms on a slow core) on the event loop, a stream that falls
-# behind catching up over the next updates; reading a message that costs more runs in worker
-# threads, at most WORKERS at once (one per core), in slices of at most SLICE_WORK (about
-# 10 ms) taken in turn, so nothing waits behind a long message being read.
-INLINE_WORK = 8_000_000
+# Generation work is measured in multiply-adds (characters x parameters) and runs on the
+# generation thread (engine.py), one job at a time. A reply's update computes at most
+# UPDATE_WORK (1–2 ms on a slow core), a stream that falls behind catching up over the next
+# updates; a message is read in slices of at most SLICE_WORK (about 10 ms), so no one's
+# update waits long behind a long message being read.
+UPDATE_WORK = 8_000_000
 SLICE_WORK = 40_000_000
-WORKERS = 2
 
 
 def join_separator(transcript: str, message: str) -> str:
@@ -249,15 +248,11 @@ class ChatSession:
         self.gen, self.position = None, turn.before
         return turn
 
-    async def run(self, work: int, fn: Callable, *args):
-        """fn(*args) on this session's state: inline when it is `work` multiply-adds of at most
-        INLINE_WORK, else in a worker thread (one slice; see SLICE_WORK), so no session's step
+    async def run(self, fn: Callable, *args):
+        """fn(*args) on this session's state, on the generation thread, so no session's step
         ever holds up the event loop the others stream through. Cancelling waits for the
-        thread, so the state is never touched by two at once."""
-        if work <= INLINE_WORK:
-            return fn(*args)
-        async with _workers():
-            return await anyio.to_thread.run_sync(fn, *args)
+        step, so the state is never touched by two at once."""
+        return await ENGINE.run(fn, *args)
 
     async def read(self, text: str) -> None:
         """Read `text` (normalised) into the state, in slices of at most SLICE_WORK."""
@@ -265,15 +260,4 @@ class ChatSession:
         gen = self.generator()
         for i in range(0, len(text), step):
             piece = text[i:i + step]
-            await self.run(len(piece) * self.num_params, gen.read, piece)
-
-
-_WORKER_SLOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _workers() -> asyncio.Semaphore:
-    """The event loop's WORKERS slots for generation threads (asyncio queues them in turn)."""
-    loop = asyncio.get_running_loop()
-    if loop not in _WORKER_SLOTS:
-        _WORKER_SLOTS[loop] = asyncio.Semaphore(WORKERS)
-    return _WORKER_SLOTS[loop]
+            await self.run(gen.read, piece)

@@ -1,15 +1,16 @@
-"""Time-paced streaming of replies: characters are generated as they fall due and sent in
-coalesced updates, one pacer (`PACE`) for the whole server so its update rate stays bounded."""
+"""Time-paced streaming of replies: characters are generated as they fall due (on the
+generation thread, engine.py) and sent in coalesced updates, one pacer (`PACE`) for the whole
+server so its update rate stays bounded."""
 from __future__ import annotations
 
 import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
-from .session import INLINE_WORK, ChatSession, Turn
+from .session import UPDATE_WORK, ChatSession, Turn
 from .validation import ChatError, Settings
 
 
@@ -87,12 +88,19 @@ async def read_text(session: ChatSession, text: str) -> Turn:
     return turn
 
 
+def _take(chars: Iterator[str], n: int) -> int:
+    """Draw up to `n` characters of a reply (each recorded as it is drawn); how many came."""
+    return sum(1 for _ in itertools.islice(chars, n))
+
+
 async def stream_reply(session: ChatSession, message: str, settings: Settings,
                        pace: Pace = PACE) -> AsyncIterator[str]:
     """Read `message` into the session and stream the reply: yields the reply so far (each a
     prefix of the next), the last one whole. Everything yielded is in the transcript and
     nothing else is: stopping (closing the generator, cancelling, a newer message) leaves the
-    state consistent with what was shown."""
+    state consistent with what was shown. Each update's characters are drawn on the generation
+    thread right before it is yielded (so nothing unshown is ever drawn), asked for early by
+    that thread's last turnaround so updates keep the pace."""
     async with session.lock:
         turn = session.start(message)
         try:
@@ -102,20 +110,23 @@ async def stream_reply(session: ChatSession, message: str, settings: Settings,
             raise
         chars = session.reply(turn, settings)
     n = min(settings.length, turn.room)
-    per_update = max(1, INLINE_WORK // session.num_params)   # characters one update may compute
+    per_update = max(1, UPDATE_WORK // session.num_params)   # characters one update may compute
 
     pace.start()
     try:
         start, sent = time.monotonic(), 0
         while turn.open and sent < n:
-            due = min(int((time.monotonic() - start) * pace.chars_per_second) + 1, n)
-            async with session.lock:   # inline and bounded: a stream behind catches up over updates
+            asked = time.monotonic()
+            due = min(int((asked - start) * pace.chars_per_second) + 1, n)
+            async with session.lock:   # bounded: a stream behind catches up over updates
                 if not turn.open:
                     break
-                sent += sum(1 for _ in itertools.islice(chars, min(due - sent, per_update)))
+                sent += await session.run(_take, chars, min(due - sent, per_update))
+            shown = time.monotonic()
+            turnaround = shown - asked   # the generation thread's; the next update starts that early
             yield turn.reply
             if sent < n:
-                await asyncio.sleep(pace.interval())
+                await asyncio.sleep(max(0.0, shown + pace.interval() - turnaround - time.monotonic()))
     finally:
         pace.stop()
         turn.open = False

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from rnn_core.validation import (MAX_LENGTH, MAX_MESSAGE_CHARS, ChatError, Settings, check_message,
                                  check_settings, read_as)
+from rnn_core.engine import Engine
 from rnn_core.session import ChatSession, join_separator
 from rnn_core.streaming import Pace, read_text, stream_reply
 from rnn_core.models_cache import ModelCache, resolve_model_ref
@@ -153,6 +154,39 @@ def test_a_new_message_while_streaming_stops_the_old_reply():
     transcript = "time" + first
     joined = transcript + join_separator(transcript, "machine") + "machine"
     assert new == greedy_continuation(BOOK, joined, GREEDY.length)
+
+
+def test_cancelling_waits_for_the_step_on_the_generation_thread():
+    engine, events = Engine("test-generation"), []
+
+    def step(name, seconds):
+        events.append(f"{name} starts")
+        time.sleep(seconds)
+        events.append(f"{name} ends")
+        return name
+
+    async def cancel_midway():
+        job = asyncio.ensure_future(engine.run(step, "a", 0.2))
+        await asyncio.sleep(0.05)
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        events.append("cancel returned")
+        return await engine.run(step, "b", 0)
+
+    assert asyncio.run(cancel_midway()) == "b"
+    assert events == ["a starts", "a ends", "cancel returned", "b starts", "b ends"]
+
+
+def test_a_failing_step_raises_in_its_caller_and_the_thread_goes_on():
+    engine = Engine("test-generation")
+
+    async def both():
+        with pytest.raises(ZeroDivisionError):
+            await engine.run(lambda: 1 / 0)
+        return await engine.run(sum, [1, 2])
+
+    assert asyncio.run(both()) == 3
 
 
 def test_new_chat_and_undo_rewind_the_state():
