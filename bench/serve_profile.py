@@ -2,8 +2,9 @@
 
 Starts each server, sends N sessions at once (as bench/serve_load.py does) while py-spy
 samples the server process (`pip install py-spy`; a measuring tool, not a dependency), then
-attributes every sample of the event-loop thread to the innermost frame of a known kind and
-prints the shares, with the server's CPU per session and per streamed update.
+attributes every sample of the event-loop thread, and of app.py's generation thread
+(rnn_core/engine.py), to the innermost frame of a known kind and prints the shares, with the
+server's CPU per session and per streamed update.
 
     python -m bench.serve_profile                      # 128 sessions, app.py and bare_app.py
     python -m bench.serve_profile --sessions 64 --rate 200
@@ -28,6 +29,7 @@ from bench.sse_client import chat_endpoint
 # Innermost match wins: a sample counts for the first kind found walking from the leaf out.
 KINDS = [
     ("our model step and sampling", ("rnn_core/generation.py",)),
+    ("generation thread waiting for work or the GIL", ("rnn_core/engine.py", "queue.py")),
     ("our chat logic and pacing", ("rnn_core/session.py", "rnn_core/streaming.py", "app.py",
                                    "bare_app.py")),
     ("JSON encoding", ("json/", "orjson")),
@@ -56,6 +58,7 @@ def profile(name: str, app: Path, args) -> None:
     try:
         asyncio.run(level(port, prefix, fn_index, 1, args))   # warm-up
         out = Path(tempfile.mkdtemp()) / f"{name}.txt"
+        spied = time.perf_counter()
         spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--rate",
                                 str(args.rate), "--format", "raw", "--nonblocking", "--threads",
                                 "--output", str(out)],
@@ -65,31 +68,38 @@ def profile(name: str, app: Path, args) -> None:
         streams = asyncio.run(level(port, prefix, fn_index, args.sessions, args))
         wall = time.perf_counter() - t0
         cpu1 = server.cpu_times()
+        spied = time.perf_counter() - spied
         spy.send_signal(2)
         spy.wait(30)
         cpu = cpu1.user + cpu1.system - cpu0.user - cpu0.system
         updates = sum(len(s.updates) for s in streams)
         errors = sum(1 for s in streams if s.error)
         counts: collections.Counter = collections.Counter()
-        threads: collections.Counter = collections.Counter()
+        marks: collections.Counter = collections.Counter()   # (thread, role) -> samples
         for line in out.read_text().splitlines():
             stack, _, n = line.rpartition(" ")
             frames = stack.split(";")
-            threads[frames[0]] += int(n)
+            for role, needle in (("loop", "asyncio/base_events.py"), ("generation", "engine.py")):
+                if needle in stack:
+                    marks[(frames[0], role)] += int(n)
             if "idle" in stack:
                 continue
             counts[(frames[0], kind_of(frames))] += int(n)
-        loop_thread = max(threads, key=lambda t: sum(c for (th, _), c in counts.items() if th == t))
-        busy = {k: c for (t, k), c in counts.items() if t == loop_thread}
-        total = sum(busy.values())
         print(f"\n{name}: {args.sessions} sessions, {updates} updates, {errors} errors; server CPU "
               f"{cpu:.2f} s over {wall:.1f} s ({cpu / wall:.0%} of a core): "
               f"{cpu / args.sessions * 1000:.1f} ms per session, "
               f"{cpu / max(updates, 1) * 1000:.2f} ms per update (all included)")
-        print(f"  event-loop thread busy samples: {total}; other threads: "
-              f"{sum(c for (t, _), c in counts.items() if t != loop_thread)}")
-        for kind, c in sorted(busy.items(), key=lambda kv: -kv[1]):
-            print(f"  {c / total:6.1%}  {kind}")
+        for role in ("loop", "generation"):
+            ranked = [(c, t) for (t, r), c in marks.items() if r == role]
+            if not ranked:
+                continue
+            thread = max(ranked)[1]
+            busy = {k: c for (t, k), c in counts.items() if t == thread}
+            total = sum(busy.values())
+            print(f"  {role} thread: busy {total / (spied * args.rate):.0%} of the time sampled "
+                  f"({spied:.1f} s, load included); by kind:")
+            for kind, c in sorted(busy.items(), key=lambda kv: -kv[1]):
+                print(f"  {c / max(total, 1):6.1%}  {kind}")
     finally:
         proc.stop()
 
