@@ -35,7 +35,7 @@ class Pace:
     updates_per_second: float = 1200.0
     burst_starts: int = 8
     burst_window: float = 0.1
-    burst_interval: float = 0.25
+    burst_interval: float = 0.12
     active: int = 0
     starts: deque = field(default_factory=deque, repr=False)   # start times within the window
     burst_until: float = 0.0
