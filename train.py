@@ -303,19 +303,38 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
     updater = make_updater(net, args.optimizer, args.lr)
     history = []
     run_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                if k not in ("resume", "out")}
+                if k in RUN_SETTINGS}  # a resumed run's args also hold the Hub flags' defaults
     run_args["data"] = (str(args.data) if dataset else str(path)) if args.data else None  # local,
     # for --resume; never pushed
+    # The cosine of --min-lr spans the epochs the run was started with, whatever --num-epochs
+    # a --resume gives: resuming continues the same curve, and epochs past its end run at
+    # --min-lr. Its minibatches are counted, as epochs may differ by one.
+    steps_per_epoch = max(1, len(train_corpus) // (args.batch_size * args.num_steps))
+    planned_epochs, steps_done = args.num_epochs, 0
     if resumed is not None:
         with torch.no_grad():
             for name, p in net.named_parameters():
                 p.copy_(resumed.weights[name])
         resumed.restore_optimizer(updater)
-        resumed.restore_rng()
+        resumed.restore_rng(device)
+        if device.type == "cuda" and resumed.cuda_rng is None and args.dropout > 0:
+            say(group, "note: the resume state has no CUDA generator state (saved on CPU or by "
+                "an older version): the dropout masks from here on differ from an "
+                "uninterrupted run's", sys.stderr)
         history = resumed.history
+        planned_epochs = resumed.planned_epochs or args.num_epochs
+        steps_done = (len(history) * steps_per_epoch if resumed.schedule_steps is None
+                      else resumed.schedule_steps)  # older files: whole epochs
         resumed.args, resumed.data_sha1 = run_args, data_sha1
+        resumed.planned_epochs, resumed.schedule_steps = planned_epochs, steps_done
         say(group, f"resuming {args.resume} after epoch {resumed.epoch}")
     group.broadcast_parameters(net.params)
+    schedule = Schedule(updater, args.lr, args.min_lr, planned_epochs * steps_per_epoch,
+                        args.max_time, started, steps_done, group)
+
+    def snapshot(epoch: int) -> TrainingState:
+        return TrainingState.capture(epoch, run_args, net, updater, history, data_sha1,
+                                     planned_epochs, schedule.steps)
 
     meta = {"data_name": path.name, "data_sha1": data_sha1, "device": str(device),
             "num_train_tokens": len(train_corpus), "num_val_tokens": num_val,
@@ -324,7 +343,7 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
     # The text the model trains on, carried in the checkpoint for the memorisation check.
     training_text, text_entry = pack_training_text(
         normalize_text(text, args.normalize)[:len(train_corpus)])
-    last = resumed or TrainingState.capture(0, run_args, net, updater, history, data_sha1)
+    last = resumed or snapshot(0)
     saved_epoch = resumed.epoch if resumed else 0
     bar = tqdm(total=args.num_epochs, initial=len(history), unit="epoch", dynamic_ncols=True,
                disable=not group.is_main)
@@ -347,7 +366,7 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
     def on_epoch(result):
         nonlocal last
         history.append(result)
-        last = TrainingState.capture(result.epoch, run_args, net, updater, history, data_sha1)
+        last = snapshot(result.epoch)
         bar.update(1)
         bar.set_postfix(ppl=f"{result.ppl:.2f}",
                         **({"val_ppl": f"{result.val_ppl:.2f}"} if result.val_ppl else {}))
@@ -360,9 +379,6 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
                      f"{saved_state(saved_epoch, args.out)}; training goes on and the next save "
                      "tries again")
 
-    steps_per_epoch = max(1, len(train_corpus) // (args.batch_size * args.num_steps))
-    schedule = Schedule(updater, args.lr, args.min_lr, args.num_epochs * steps_per_epoch,
-                        args.max_time, started, len(history) * steps_per_epoch, group)
     prefix = (dataset or DATASETS["timemachine"]).prefix
     prefixes = ("time traveller", "traveller") if prefix == "time traveller" else (prefix,)
     resume_hint = f"continue with: {resume_command(group, args.out)}"
@@ -490,6 +506,8 @@ def resume_settings(args: argparse.Namespace):
                         f"cannot apply (the run has " + ", ".join(
                             f"--{k.replace('_', '-')} {getattr(saved, k)}" for k in changed) +
                         "): drop it, or start a new run")
+    if resumed.planned_epochs is None:  # older resume files: the cosine spans their --num-epochs
+        resumed.planned_epochs = saved.num_epochs
     for key in RESUMABLE:
         if getattr(args, key) is not None:
             setattr(saved, key, getattr(args, key))

@@ -1,8 +1,10 @@
 """Exact resume: everything a run needs to continue bit for bit, saved at an epoch boundary.
 
-Saved beside the model files as `training_state.safetensors` (optimizer tensors, torch RNG)
-and `training_state.json` (epoch, Python RNG, history, arguments). No pickle: the optimizer
-state is flattened to named tensors.
+Saved beside the model files as `training_state.safetensors` (optimizer tensors, torch's CPU
+generator, and the run's CUDA generator on a GPU: dropout masks are drawn there) and
+`training_state.json` (epoch, Python RNG, history, arguments, the learning-rate schedule's
+place). No pickle: the optimizer state is flattened to named tensors. Files written before
+the CUDA generator and the schedule were saved still load (see `TrainingState`).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from .checkpoint import MAX_JSON_BYTES, STATE_JSON, STATE_TENSORS, CheckpointErr
 from .training import EpochResult
 
 ADAM_STATE_KEYS = {"step", "exp_avg", "exp_avg_sq"}  # what torch.optim.Adam keeps per parameter
+MAX_CUDA_RNG_BYTES = 1024  # torch's CUDA generator state: 16 bytes (seed, offset)
 
 
 @dataclass
@@ -33,19 +36,34 @@ class TrainingState:
     torch_rng: torch.Tensor
     history: list[EpochResult] = field(default_factory=list)
     data_sha1: str | None = None  # the training text's, checked on resume
+    # The generator of the CUDA device the run trains on; None on CPU (and in older files).
+    cuda_rng: torch.Tensor | None = None
+    # The learning-rate schedule: the epochs its cosine spans (the length the run was started
+    # with, so that --resume continues the same curve) and the minibatches done. None in
+    # older files: train.py then uses the saved --num-epochs and whole epochs.
+    planned_epochs: int | None = None
+    schedule_steps: int | None = None
 
     @classmethod
     def capture(cls, epoch: int, args: dict, net: torch.nn.Module, updater,
-                history: list[EpochResult], data_sha1: str | None = None) -> TrainingState:
-        """Copy the live run (cheap: a few MB) so it can be saved later, even mid-epoch."""
+                history: list[EpochResult], data_sha1: str | None = None,
+                planned_epochs: int | None = None, schedule_steps: int | None = None
+                ) -> TrainingState:
+        """Copy the live run (cheap: a few MB) so it can be saved later, even mid-epoch.
+        The run's device is where its weights are."""
         opt = (copy.deepcopy(updater.state_dict()["state"])
                if isinstance(updater, torch.optim.Optimizer) else {})
+        device = next(net.parameters()).device
+        cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         return cls(epoch, dict(args), {k: v.detach().clone() for k, v in net.named_parameters()},
-                   opt, random.getstate(), torch.get_rng_state(), list(history), data_sha1)
+                   opt, random.getstate(), torch.get_rng_state(), list(history), data_sha1,
+                   cuda_rng, planned_epochs, schedule_steps)
 
     def files(self) -> dict[str, bytes]:
         """The two files, as bytes for `save_checkpoint`."""
         tensors = {"torch_rng": self.torch_rng}
+        if self.cuda_rng is not None:
+            tensors["cuda_rng"] = self.cuda_rng
         scalars = {}
         for idx, st in self.optimizer_state.items():
             for key, value in st.items():
@@ -58,12 +76,25 @@ class TrainingState:
                 "optim_scalars": scalars,
                 "python_rng": [version, list(internal), gauss],
                 "history": [dict(vars(h)) for h in self.history]}
+        if self.planned_epochs is not None and self.schedule_steps is not None:
+            meta["schedule"] = {"planned_epochs": self.planned_epochs,
+                                "steps": self.schedule_steps}
         # Compact JSON: with an indent, json runs its pure-Python encoder (~20x slower here).
         return {STATE_TENSORS: save(tensors), STATE_JSON: (json.dumps(meta) + "\n").encode()}
 
-    def restore_rng(self) -> None:
+    def restore_rng(self, device: torch.device | str = "cpu") -> None:
+        """Python's and torch's generators as saved; on CUDA also the run's `device`'s, when
+        the files hold it (a state saved on CPU, or by an older version, leaves it seeded)."""
         random.setstate(self.python_rng)
         torch.set_rng_state(self.torch_rng)
+        device = torch.device(device)
+        if device.type == "cuda" and self.cuda_rng is not None:
+            try:
+                torch.cuda.set_rng_state(self.cuda_rng, device)
+            except RuntimeError as e:  # torch checks the size
+                raise CheckpointError(f"the saved CUDA generator state does not fit this "
+                                      f"torch ({str(e).splitlines()[0][:200]}); the resume "
+                                      "state is damaged or edited") from None
 
     def restore_optimizer(self, updater) -> None:
         """Load the saved optimizer state into `updater` (torch.optim.Adam; the book's SGD has
@@ -134,13 +165,26 @@ def _parse_state(meta, tensors: dict[str, torch.Tensor],
     expected = torch.get_rng_state()
     if torch_rng is None or torch_rng.dtype != expected.dtype or torch_rng.shape != expected.shape:
         raise ValueError("torch_rng is not a saved state of torch's CPU generator")
+    cuda_rng = tensors.get("cuda_rng")  # its size is checked by torch when it is restored
+    if cuda_rng is not None and not (cuda_rng.dtype == torch.uint8 and cuda_rng.dim() == 1
+                                     and 0 < len(cuda_rng) <= MAX_CUDA_RNG_BYTES):
+        raise ValueError("cuda_rng is not a saved state of a CUDA generator")
+    schedule = meta.get("schedule")  # absent in older files
+    planned_epochs = schedule_steps = None
+    if schedule is not None:
+        if not (isinstance(schedule, dict) and set(schedule) == {"planned_epochs", "steps"}
+                and _is_int(schedule["planned_epochs"]) and schedule["planned_epochs"] >= 1
+                and _is_int(schedule["steps"]) and schedule["steps"] >= 0):
+            raise ValueError("schedule must be {planned_epochs: a whole number of at least 1, "
+                             "steps: a whole number of at least 0}")
+        planned_epochs, schedule_steps = schedule["planned_epochs"], schedule["steps"]
     scalars = meta.get("optim_scalars")
     if not isinstance(scalars, dict):
         raise ValueError("optim_scalars must be a JSON object")
     optimizer_state: dict[int, dict] = {}
     param_names = list(weights)  # the optimizer's numbering: the model's parameter order
     for name, value in [*tensors.items(), *scalars.items()]:
-        if name == "torch_rng":
+        if name in ("torch_rng", "cuda_rng"):
             continue
         parts = name.split(".", 2)
         if not (len(parts) == 3 and parts[0] == "optim" and parts[1].isdigit()
@@ -156,7 +200,7 @@ def _parse_state(meta, tensors: dict[str, torch.Tensor],
             raise ValueError(f"optimizer entry {name} must be a number, got {value!r}")
         optimizer_state.setdefault(idx, {})[key] = value
     return TrainingState(epoch, args, weights, optimizer_state, python_rng, torch_rng, results,
-                         sha1)
+                         sha1, cuda_rng, planned_epochs, schedule_steps)
 
 
 def _is_int(x) -> bool:

@@ -297,6 +297,54 @@ def test_resume_refuses_flags_that_would_change_the_run(tmp_path, run2):
     assert epochs_saved(out) == 2
 
 
+def test_extending_a_cosine_run_keeps_its_curve_then_trains_at_min_lr(tmp_path, data_path,
+                                                                      monkeypatch):
+    """The cosine spans the epochs the run was started with: --resume --num-epochs N continues
+    that curve to its end, then --min-lr; extending in one go or in steps is the same run."""
+    import train as cli
+    from rnn_core import training
+    lrs = []
+    set_lr = training.set_lr
+    monkeypatch.setattr(training, "set_lr", lambda updater, lr: (lrs.append(lr), set_lr(updater, lr)))
+    once, steps = tmp_path / "once", tmp_path / "steps"
+    assert cli.main(["--data", str(data_path), *SMALL, "--min-lr", "0.1", "--num-epochs", "2",
+                     "--device", "cpu", "--out", str(once)]) == 0
+    curve, lrs[:] = list(lrs), []
+    shutil.copytree(once, steps)
+    assert cli.main(["--resume", str(once), "--num-epochs", "4"]) == 0
+    assert lrs[0] <= curve[-1] and lrs == sorted(lrs, reverse=True)  # on down the same curve
+    assert lrs[-1] == 0.1 and lrs.count(0.1) > len(lrs) // 2  # then at --min-lr
+    assert cli.main(["--resume", str(steps), "--num-epochs", "3"]) == 0
+    assert cli.main(["--resume", str(steps), "--num-epochs", "4"]) == 0
+    a, b = load_file(once / "model.safetensors"), load_file(steps / "model.safetensors")
+    assert all(a[k].equal(b[k]) for k in a)
+    assert epochs_saved(once) == epochs_saved(steps) == 4
+
+
+def test_resume_files_keep_the_cuda_generator_and_older_files_still_resume(tmp_path, run2):
+    """The CUDA generator's state (16 bytes: seed, offset) survives the files' round trip; a
+    CPU run saves none. Files without it or the schedule (older versions) still resume."""
+    import torch
+    from rnn_core.checkpoint import load_checkpoint
+    from rnn_core.resume import load_training_state
+    out = tmp_path / "run"
+    shutil.copytree(run2, out)
+    weights = dict(load_checkpoint(out).net.named_parameters())
+    state = load_training_state(out, weights)
+    assert state.cuda_rng is None and "cuda_rng" not in load_file(out / "training_state.safetensors")
+    assert (state.planned_epochs, state.schedule_steps) == (2, 98)  # 2 epochs of 49 minibatches
+    state.cuda_rng = torch.arange(100, 116, dtype=torch.uint8)
+    for name, data in state.files().items():
+        (out / name).write_bytes(data)
+    again = load_training_state(out, weights)
+    assert again.cuda_rng.equal(state.cuda_rng) and again.schedule_steps == 98
+    assert again.torch_rng.equal(state.torch_rng) and again.python_rng == state.python_rng
+    older = tmp_path / "older"
+    shutil.copytree(run2, older)
+    _edit_state(older, lambda m: m.pop("schedule"))
+    assert "resuming" in train("--resume", older, "--num-epochs", "3").stdout
+
+
 # -- 6. a full disk during a save -----------------------------------------------------------------
 
 def test_a_failing_save_is_one_line_and_the_previous_checkpoint_survives(tmp_path, data_path, start):
@@ -439,6 +487,8 @@ def _edit_state(folder: Path, change) -> None:
     lambda m: m["args"].update(seed=10 ** 30),
     lambda m: m["args"].update(num_steps=None),
     lambda m: '{"epoch": ' + "9" * 5000 + "}",  # an integer too long for Python to read
+    lambda m: m.update(schedule={"planned_epochs": 0, "steps": 98}),
+    lambda m: m.update(schedule=[2, 98]),
 ])
 def test_edited_training_state_is_refused_in_one_line(tmp_path, run2, change):
     out = tmp_path / "run"
@@ -448,6 +498,17 @@ def test_edited_training_state_is_refused_in_one_line(tmp_path, run2, change):
     line = refused(train("--resume", out, "--num-epochs", "3", check=False))
     assert ("resume state is damaged or edited" in line or "--seed must be" in line), line
     assert tree(out) == before
+
+
+def test_an_edited_cuda_generator_state_is_refused_in_one_line(tmp_path, run2):
+    import torch
+    from safetensors.torch import save_file
+    out = tmp_path / "run"
+    shutil.copytree(run2, out)
+    tensors = load_file(out / "training_state.safetensors")
+    tensors["cuda_rng"] = torch.zeros(16, dtype=torch.float32)
+    save_file(tensors, out / "training_state.safetensors")
+    refused(train("--resume", out, "--num-epochs", "3", check=False), "cuda_rng", "edited")
 
 
 def test_edited_optimizer_state_is_refused_in_one_line(tmp_path, data_path):

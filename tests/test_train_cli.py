@@ -163,7 +163,8 @@ def sigkill_then_resume(tmp_path: Path, common: list, num_epochs: int, kill_afte
     return a, b, killed
 
 
-@pytest.mark.parametrize("mode", [["--optimizer", "adam", "--lr", "0.01"], ["--use-random-iter"]])
+@pytest.mark.parametrize("mode", [["--optimizer", "adam", "--lr", "0.01"], ["--use-random-iter"],
+                                  ["--min-lr", "0.1"]])  # the cosine goes on from its minibatch
 def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path, data_path, mode):
     common = ["--data", data_path, *SMALL, "--save-every", "3", "--seed", "4", *mode]
     a, b, killed = sigkill_then_resume(tmp_path, common, 24, 6)
