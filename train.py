@@ -17,7 +17,8 @@ the message says why); 3 the loss became NaN or infinite (the last good epoch is
 4 the push failed (the checkpoint stays on disk); 5 the final checkpoint could not be written
 (the previous one survives); 6 another process of a torchrun run failed (rank 0 saved the
 last finished epoch); 130 / 143 stopped by Ctrl-C / SIGTERM after saving the last finished
-epoch (128 + the signal's number).
+epoch (128 + the signal's number). Under torchrun, torchrun exits 1 for any of these but 0;
+its summary names the first failed process's exitcode.
 """
 from __future__ import annotations
 
@@ -107,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop training at this wall-clock budget (from the command's start, at a "
                         "minibatch boundary), then evaluate and save")
     p.add_argument("--min-lr", type=float, default=None,
-                   help="decay the learning rate along a cosine to this value over the run "
-                        "(or over --max-time); default: constant, as the book")
+                   help="decay the learning rate along a cosine to this value over the epochs "
+                        "the run was started with (or over --max-time); --resume continues "
+                        "that curve, and epochs past its end train at this value; default: "
+                        "constant, as the book")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
                    help="sgd: the book's updater; adam: torch.optim.Adam (try --lr 0.002)")
     p.add_argument("--kernel", choices=KERNELS, default="fast",

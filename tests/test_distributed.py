@@ -129,10 +129,13 @@ def test_batch_size_must_divide_by_the_processes(tmp_path, data_path):
     proc = subprocess.run([*torchrun_cmd(), "--data", str(data_path), *SMALL, "--batch-size", "5",
                            "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env=ENV, check=False)
-    assert proc.returncode != 0
     message = ("error: --batch-size 5 is the global minibatch and must divide by the 2 "
                "processes; pass a multiple of 2")
     assert proc.stderr.count(message) == 1  # agreed by both ranks, printed once
+    # What the README says users see: torchrun's own status 1, the refusal's 2 in its summary.
+    assert proc.returncode == 1
+    assert re.search(r"Root Cause \(first observed failure\):.*?exitcode\s*: 2 ", proc.stderr,
+                     re.DOTALL), proc.stderr[-2000:]
     assert not (tmp_path / "run").exists()
 
 
