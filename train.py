@@ -311,7 +311,8 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
     # for --resume; never pushed
     # The cosine of --min-lr spans the epochs the run was started with, whatever --num-epochs
     # a --resume gives: resuming continues the same curve, and epochs past its end run at
-    # --min-lr. Its minibatches are counted, as epochs may differ by one.
+    # --min-lr. The minibatches done are counted and saved, not estimated: an epoch can have
+    # fewer than steps_per_epoch (its random offset).
     steps_per_epoch = max(1, len(train_corpus) // (args.batch_size * args.num_steps))
     planned_epochs, steps_done = args.num_epochs, 0
     if resumed is not None:
