@@ -496,6 +496,7 @@ class FastRNN:
         self.net, self.requested = net, backend
         self.backend: str | None = None if backend == "auto" else backend
         self.ws = None
+        keep_freed_memory()  # each step's fresh gradients reuse memory instead of faulting it in
 
     def __call__(self, X: torch.Tensor, state: tuple[torch.Tensor]
                  ) -> tuple[torch.Tensor, tuple[torch.Tensor]]:
