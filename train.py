@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sgd: the book's updater; adam: torch.optim.Adam (try --lr 0.002)")
     p.add_argument("--kernel", choices=KERNELS, default="fast",
                    help="fast: the same math with fused products and a hand-written backward "
-                        "(about 2x the tokens/sec on CPU, same gradients up to float rounding); "
+                        "(same gradients up to float rounding; the batch rows split across "
+                        "the cores: 1.3-1.5x the tokens/sec on one core, more on two, see "
+                        "bench/README.md); "
                         "book: the book's forward and autograd, bit for bit")
     p.add_argument("--save-every", type=int, default=10,
                    help="write what --resume needs every K epochs (cheap); the whole checkpoint, "

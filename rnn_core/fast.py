@@ -510,3 +510,11 @@ class FastRNN:
         Y, H = KERNELS[self.backend].apply(self.ws, X.to(net.W_hh.device), state[0],
                                            *net.params)
         return Y, (H,)
+
+    def rest_of_step(self):
+        """Where the rest of a training step runs (loss, backward, clipping, update): on one
+        torch thread when the kernel splits the rows over the cores itself, since those ops'
+        elementwise work over the weights would otherwise meet at torch's barrier per op,
+        waiting for any core another process holds (measured: the book's `sgd` alone took
+        40 ms a minibatch on a loaded 2-core VM)."""
+        return _one_core_per_group(len(getattr(self.ws, "rows", ())))

@@ -399,6 +399,10 @@ class FastCells:
         Y, *new_state = _StackFunction.apply(self.ws, net, X, masks, *state, *net.params)
         return Y, tuple(new_state)
 
+    def rest_of_step(self):
+        """As FastRNN.rest_of_step: one torch thread when the rows are split over the cores."""
+        return _one_core_per_group(len(self.ws.rows))
+
 
 def fast_forward(net: RNNModelScratch):
     """The fastest training forward for `net`: fast.FastRNN for the one-layer §8.5 RNN without

@@ -129,6 +129,7 @@ def train_epoch_ch8(net: RNNModelScratch, train_iter: Iterable, loss: nn.Module,
     """
     forward = net if forward is None else forward
     net.group = group  # its dropout masks: this rank's rows of the global minibatch's
+    rest_of_step = getattr(forward, "rest_of_step", contextlib.nullcontext)
     state, start = None, time.perf_counter()
     loss_sum, num_tokens = 0.0, 0
     for X, Y in train_iter:
@@ -145,18 +146,19 @@ def train_epoch_ch8(net: RNNModelScratch, train_iter: Iterable, loss: nn.Module,
         y = Y.T.reshape(-1)  # time-major labels, matching the time-major outputs
         X, y = X.to(device), y.to(device)
         y_hat, state = forward(X, state)
-        l = loss(y_hat, y.long()).mean()
-        if isinstance(updater, torch.optim.Optimizer):
-            updater.zero_grad()
-            l.backward()
-            group.average_gradients(net)
-            grad_clipping(net, 1)
-            updater.step()
-        else:
-            l.backward()
-            group.average_gradients(net)
-            grad_clipping(net, 1)
-            updater(batch_size=1)
+        with rest_of_step():  # a fast kernel's choice of threads (the book's: torch's own)
+            l = loss(y_hat, y.long()).mean()
+            if isinstance(updater, torch.optim.Optimizer):
+                updater.zero_grad()
+                l.backward()
+                group.average_gradients(net)
+                grad_clipping(net, 1)
+                updater.step()
+            else:
+                l.backward()
+                group.average_gradients(net)
+                grad_clipping(net, 1)
+                updater(batch_size=1)
         loss_sum += float(l.detach()) * y.numel()
         num_tokens += y.numel()
     elapsed = group.max(time.perf_counter() - start)
@@ -297,11 +299,12 @@ def fit(net: RNNModelScratch, train_iter: Iterable, vocab: Vocab, lr: float, num
     `updater` with its state; default the book's SGD), validation on `val_corpus` after each
     epoch (`batch_size` streams of `num_steps`), a per-epoch callback, and a choice of kernel:
     `book` runs the book's forward and autograd, `fast` the same math through
-    `fast_cells.fast_forward` (the same gradients up to float rounding, about twice the
-    tokens/sec on CPU). What the book prints goes to `log`: predictions of `prefixes` (the
-    book's by default), made with dropout off. A `schedule` sets the learning rate before each
-    minibatch and may end the run at a minibatch boundary (its time budget). Under torchrun,
-    `group` (see `distributed`) is this process's place in the run.
+    `fast_cells.fast_forward` (the same gradients up to float rounding, several times the
+    tokens/sec on a shared 2-core CPU, bench/README.md). What the book prints goes to `log`:
+    predictions of `prefixes` (the book's by default), made with dropout off. A `schedule`
+    sets the learning rate before each minibatch and may end the run at a minibatch boundary
+    (its time budget). Under torchrun, `group` (see `distributed`) is this process's place in
+    the run.
 
     Raises NonFiniteLossError when an epoch's loss is NaN or infinite.
     """

@@ -16,9 +16,10 @@ from rnn_core import fast
 from rnn_core.checkpoint import load_checkpoint
 from rnn_core.data import SeqDataLoader, load_corpus, read_text
 from rnn_core.fast import FastRNN, onednn_available
+from rnn_core.fast_cells import FastCells
 from rnn_core.generation import TextStream, pick, predict_ch8
 from rnn_core.model import RNNModelScratch, rnn
-from rnn_core.training import fit, make_updater
+from rnn_core.training import fit, make_updater, sgd, train_epoch_ch8
 
 BACKENDS = [pytest.param("onednn", marks=pytest.mark.skipif(
     not onednn_available(), reason="this torch build has no oneDNN linear op")), "plain", "rows"]
@@ -401,3 +402,26 @@ def test_sampling_draws_from_the_softmax_of_the_top_k(temperature, top_k):
     assert set(counts.nonzero().flatten().tolist()) <= set(allowed)
     # each frequency within 5 standard errors of its probability
     assert torch.all((counts / n - probs).abs() <= 5 * (probs * (1 - probs) / n).sqrt() + 1e-9)
+
+
+@pytest.mark.parametrize("backend,threads_in_step",
+                         [("rows", 1), ("lstm", 1), ("plain", 2), (None, 2)])
+def test_the_rest_of_a_rows_step_runs_on_one_thread(two_threads, backend, threads_in_step):
+    """With the rows kernel (and FastCells, which splits the rows the same way) the loss,
+    backward, clipping and update run on one torch thread (the kernel spreads the rows over
+    the cores itself; torch's threads would meet per op); the other kernels and the book's
+    forward keep torch's threads; after the epoch torch's count is back."""
+    torch.manual_seed(0)
+    net = RNNModelScratch(28, 32, arch="lstm" if backend == "lstm" else "rnn")
+    seen = []
+
+    def updater(batch_size):
+        seen.append(torch.get_num_threads())
+        sgd(net.params, 1.0, batch_size)
+    batches = [(torch.randint(0, 28, (16, 5)), torch.randint(0, 28, (16, 5)))] * 2
+    forward = (FastCells(net) if backend == "lstm" else FastRNN(net, backend) if backend
+               else None)
+    ppl, _ = train_epoch_ch8(net, batches, torch.nn.CrossEntropyLoss(), updater, "cpu", False,
+                             forward)
+    assert seen == [threads_in_step] * 2 and torch.get_num_threads() == 2
+    assert 1 < ppl < 28 * 2
