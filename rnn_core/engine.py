@@ -8,31 +8,40 @@ use the second core, and steps of many sessions taken back to back keep W_hh hot
 own batch-1 step sequence, so every session gets bit for bit what it would get alone
 (greedy replies stay `predict_ch8`); the steps of different sessions are not batched into one
 product, because a (B x H) product's rows differ from the batch-1 product's in the last bits.
+
+Streams' updates come first: every waiting update runs before the next slice of reading a
+long message, so however many long messages are queued, an update waits for one slice at
+most (no visitor can stall the others' replies by sending long messages), and each round
+reads one slice, so long messages always advance.
 """
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 
 
 class Engine:
     """One daemon thread running jobs `fn(*args)` for coroutines on any event loop; `run`
-    awaits a job's result. A job already started is waited for even when its caller is
-    cancelled, so a session's state is never touched by two at once."""
+    awaits a job's result. Urgent jobs (the default) all run before the next bulk one. A job
+    already started is waited for even when its caller is cancelled, so a session's state is
+    never touched by two at once."""
 
     def __init__(self, name: str = "generation"):
         self.name = name
-        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.urgent: deque = deque()
+        self.bulk: deque = deque()
+        self.ready = threading.Condition()
         self.thread: threading.Thread | None = None
-        self.start_lock = threading.Lock()
 
-    async def run(self, fn: Callable, *args):
+    async def run(self, fn: Callable, *args, bulk: bool = False):
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        self._ensure_thread()
-        self.jobs.put((loop, done, fn, args))
+        with self.ready:
+            self._ensure_thread()
+            (self.bulk if bulk else self.urgent).append((loop, done, fn, args))
+            self.ready.notify()
         try:
             return await asyncio.shield(done)
         except asyncio.CancelledError:
@@ -45,33 +54,38 @@ class Engine:
 
     def _ensure_thread(self) -> None:
         if self.thread is None or not self.thread.is_alive():
-            with self.start_lock:
-                if self.thread is None or not self.thread.is_alive():
-                    self.thread = threading.Thread(target=self._work, name=self.name, daemon=True)
-                    self.thread.start()
+            self.thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+            self.thread.start()
 
     def _work(self) -> None:
-        """Take every waiting job, run them in order, then wake each loop once for all of its
-        results (one wake-up per batch, not per job, keeps the loop's cost per update low)."""
+        """Rounds: every waiting urgent job, then one bulk job (so bulk work always advances);
+        each group's results are handed back together, one wake-up per loop and group, which
+        keeps the loop's cost per update low."""
         while True:
-            batch = [self.jobs.get()]
-            while True:
-                try:
-                    batch.append(self.jobs.get_nowait())
-                except queue.Empty:
-                    break
-            settled: dict[asyncio.AbstractEventLoop, list] = {}
-            for loop, done, fn, args in batch:
-                try:
-                    outcome = (True, fn(*args))
-                except BaseException as e:   # handed to the caller, raised there
-                    outcome = (False, e)
-                settled.setdefault(loop, []).append((done, outcome))
-            for loop, results in settled.items():
-                try:
-                    loop.call_soon_threadsafe(_settle, results)
-                except RuntimeError:   # that loop has closed: nobody is waiting
-                    pass
+            with self.ready:
+                while not self.urgent and not self.bulk:
+                    self.ready.wait()
+                urgent = list(self.urgent)
+                self.urgent.clear()
+                bulk = [self.bulk.popleft()] if self.bulk else []
+            for group in (urgent, bulk):
+                _run(group)
+
+
+def _run(jobs: list) -> None:
+    """Run `jobs` in order, then wake each loop once for all of its results."""
+    settled: dict[asyncio.AbstractEventLoop, list] = {}
+    for loop, done, fn, args in jobs:
+        try:
+            outcome = (True, fn(*args))
+        except BaseException as e:   # handed to the caller, raised there
+            outcome = (False, e)
+        settled.setdefault(loop, []).append((done, outcome))
+    for loop, results in settled.items():
+        try:
+            loop.call_soon_threadsafe(_settle, results)
+        except RuntimeError:   # that loop has closed: nobody is waiting
+            pass
 
 
 def _settle(results: list) -> None:

@@ -248,16 +248,17 @@ class ChatSession:
         self.gen, self.position = None, turn.before
         return turn
 
-    async def run(self, fn: Callable, *args):
+    async def run(self, fn: Callable, *args, bulk: bool = False):
         """fn(*args) on this session's state, on the generation thread, so no session's step
-        ever holds up the event loop the others stream through. Cancelling waits for the
-        step, so the state is never touched by two at once."""
-        return await ENGINE.run(fn, *args)
+        ever holds up the event loop the others stream through (`bulk`: after every waiting
+        update). Cancelling waits for the step, so the state is never touched by two at once."""
+        return await ENGINE.run(fn, *args, bulk=bulk)
 
     async def read(self, text: str) -> None:
-        """Read `text` (normalised) into the state, in slices of at most SLICE_WORK."""
+        """Read `text` (normalised) into the state, in slices of at most SLICE_WORK; a text
+        longer than one update's work waits behind the streams' updates (bulk)."""
         step = max(1, SLICE_WORK // self.num_params)
+        bulk = len(text) * self.num_params > UPDATE_WORK
         gen = self.generator()
         for i in range(0, len(text), step):
-            piece = text[i:i + step]
-            await self.run(gen.read, piece)
+            await self.run(gen.read, text[i:i + step], bulk=bulk)

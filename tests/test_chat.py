@@ -189,6 +189,27 @@ def test_a_failing_step_raises_in_its_caller_and_the_thread_goes_on():
     assert asyncio.run(both()) == 3
 
 
+def test_updates_wait_for_one_slice_of_long_reads_at_most():
+    engine, order = Engine("test-generation"), []
+
+    def work(name, seconds):
+        order.append(name)
+        time.sleep(seconds)
+
+    async def flood():
+        blocker = asyncio.ensure_future(engine.run(work, "first", 0.1))
+        await asyncio.sleep(0.02)   # the thread is busy: everything below queues behind it
+        reads = [asyncio.ensure_future(engine.run(work, f"read {i}", 0.01, bulk=True))
+                 for i in range(10)]
+        await asyncio.sleep(0)
+        updates = [asyncio.ensure_future(engine.run(work, f"update {i}", 0)) for i in range(3)]
+        await asyncio.gather(blocker, *reads, *updates)
+
+    asyncio.run(flood())
+    assert order[:5] == ["first", "update 0", "update 1", "update 2", "read 0"]
+    assert order[5:] == [f"read {i}" for i in range(1, 10)]   # bulk work in order, never dropped
+
+
 def test_new_chat_and_undo_rewind_the_state():
     session = ChatSession(BOOK)
     a = turn(session, "time")
