@@ -226,6 +226,32 @@ load_for = functools.partial(load_for_visitor, models=MODELS, gate=LOAD_GATE,
 
 # ---------------------------------------------------------------- event handlers: the API
 
+# What each public API endpoint does, for the people calling it (Gradio's API page shows
+# these instead of the functions' docstrings, which are written for this file's readers).
+API_DESCRIPTIONS = {
+    "chat": f"Send a message to this session's conversation; the model's reply streams back as "
+            f"plain text, each update the reply so far. length: characters to write (1 to "
+            f"{MAX_LENGTH}); temperature: 0 is greedy, the book's predict_ch8, higher samples "
+            f"more freely (at most {MAX_TEMPERATURE:g}); top_k: sample only from the k most "
+            "likely characters (0: all).",
+    "load_model": "Switch this session to another model: a Hub repo id (owner/name, with an "
+                  "optional revision: a branch, tag or commit sha) or a bundled model "
+                  "(checkpoints/NAME, see /bundled_models). Returns the model's card and an empty "
+                  "conversation; a refusal says why and changes nothing.",
+    "new_chat": "Start this session's conversation afresh: empty transcript, zero hidden state.",
+    "bundled_models": "The models bundled with the app: for each, ref (what /load_model takes), "
+                      "name, arch, num_layers, num_hiddens, num_params, the training text and "
+                      "its validation perplexity and loss (null where not measured).",
+    "score": "How surprised the session's model is by a text: each character's probability, "
+             "surprisal in bits and the five likeliest next characters, as JSON.",
+    "trace": "One hidden unit's value after each character of a text (and, for an LSTM, its "
+             "cell's), as JSON.",
+    "why": "The session's last reply, each character with the distribution the sampler drew it "
+           "from and its rank there, as JSON.",
+}
+
+
+
 def refused(e: Exception, prefix: str = "") -> gr.Error:
     """An error event carrying the reason (escaped: the page renders error text as HTML)."""
     return gr.Error(html.escape(public(prefix + str(e)), quote=False), print_exception=False)
@@ -783,31 +809,6 @@ def build_inside(session, chatbot, message, length, temperature, top_k) -> None:
                                    api_description=API_DESCRIPTIONS["trace"], **limits)
     gr.Button(visible=False).click(why_api, [session], [result, session], api_name="why",
                                    api_description=API_DESCRIPTIONS["why"], **limits)
-
-
-# What each public API endpoint does, for the people calling it (Gradio's API page shows
-# these instead of the functions' docstrings, which are written for this file's readers).
-API_DESCRIPTIONS = {
-    "chat": f"Send a message to this session's conversation; the model's reply streams back as "
-            f"plain text, each update the reply so far. length: characters to write (1 to "
-            f"{MAX_LENGTH}); temperature: 0 is greedy, the book's predict_ch8, higher samples "
-            f"more freely (at most {MAX_TEMPERATURE:g}); top_k: sample only from the k most "
-            "likely characters (0: all).",
-    "load_model": "Switch this session to another model: a Hub repo id (owner/name, with an "
-                  "optional revision: a branch, tag or commit sha) or a bundled model "
-                  "(checkpoints/NAME, see /bundled_models). Returns the model's card and an empty "
-                  "conversation; a refusal says why and changes nothing.",
-    "new_chat": "Start this session's conversation afresh: empty transcript, zero hidden state.",
-    "bundled_models": "The models bundled with the app: for each, ref (what /load_model takes), "
-                      "name, arch, num_layers, num_hiddens, num_params, the training text and "
-                      "its validation perplexity and loss (null where not measured).",
-    "score": "How surprised the session's model is by a text: each character's probability, "
-             "surprisal in bits and the five likeliest next characters, as JSON.",
-    "trace": "One hidden unit's value after each character of a text (and, for an LSTM, its "
-             "cell's), as JSON.",
-    "why": "The session's last reply, each character with the distribution the sampler drew it "
-           "from and its rank there, as JSON.",
-}
 
 
 # ---------------------------------------------------------------- the page

@@ -54,7 +54,10 @@ def load_model(ref: str, revision: str | None = None,
     result's `source` is the folder or repo id and `commit` the resolved Hub commit sha.
     Models of more than `max_parameters` are refused (before their weights are downloaded).
     """
-    model = parse_model_ref(ref, revision)
+    try:
+        model = parse_model_ref(ref, revision)
+    except CheckpointError as e:
+        raise HubError(str(e), e.setting) from None
     if model.folder is None:
         return load_from_hub(model.repo_id, model.revision, max_parameters)
     folder = existing_folder(str(model.folder))

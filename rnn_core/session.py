@@ -84,7 +84,7 @@ class ChatSession:
 
     Between replies the session keeps only its stream position and a weak reference to the
     model, so the app's ModelCache alone decides which models stay in memory; while a reply
-    streams, its generator holds the model. A session whose model was dropped says so."""
+    streams, its TextStream holds the model. A session whose model was dropped says so."""
 
     def __init__(self, ckpt: Checkpoint, seed: int | None = None):
         self.rng = torch.Generator().manual_seed(
@@ -99,7 +99,7 @@ class ChatSession:
         self.model = weakref.ref(ckpt)
         self.model_name = ckpt.source + (f"@{ckpt.commit[:12]}" if ckpt.commit else "")
         self.num_params = ckpt.net.num_params()
-        self.gen: TextStream | None = None          # while a reply streams
+        self._stream: TextStream | None = None     # while a reply streams
         self.position: tuple = (None, None)        # (state tuple, pending token) otherwise
         self.turns = []
 
@@ -113,26 +113,26 @@ class ChatSession:
                             "to continue with the app's model")
         return ckpt
 
-    def generator(self) -> TextStream:
-        """The live generator (made from the model and the stream position when needed)."""
-        if self.gen is None:
+    def stream(self) -> TextStream:
+        """The live TextStream (made from the model and the stream position when needed)."""
+        if self._stream is None:
             ckpt = self.ckpt
             gen = TextStream(ckpt.net, ckpt.vocab, ckpt.normalization)
             if self.position[0] is not None:
                 gen.state, gen.pending = self.position
-            self.gen = gen
-        return self.gen
+            self._stream = gen
+        return self._stream
 
     def park(self) -> None:
         """Between replies: keep the stream position, let go of the model."""
-        if self.gen is not None:
-            self.position = (self.gen.state, self.gen.pending)
-            self.gen = None
+        if self._stream is not None:
+            self.position = (self._stream.state, self._stream.pending)
+            self._stream = None
 
     def reset(self) -> None:
         """New chat: zero state, empty transcript."""
         self.close()
-        self.gen, self.position = None, (None, None)
+        self._stream, self.position = None, (None, None)
         self.turns = []
 
     @property
@@ -158,7 +158,7 @@ class ChatSession:
             raise ChatError(f"this conversation has reached its limit ({MAX_TURNS} turns or "
                             f"{MAX_TRANSCRIPT_CHARS:,} characters): press New chat to start again")
         sep = join_separator(transcript, text)
-        turn = Turn(message, sep, text, before=self.generator().snapshot(), changes=changes)
+        turn = Turn(message, sep, text, before=self.stream().snapshot(), changes=changes)
         turn.room = MAX_TRANSCRIPT_CHARS - len(transcript) - len(turn.text_read)
         self.turns.append(turn)
         return turn
@@ -167,12 +167,12 @@ class ChatSession:
         """Generate up to `settings.length` characters into `turn` (fewer if the transcript
         would pass its limit), one at a time, each recorded in the transcript as it is
         produced; nothing more once the turn is closed. The turn records its settings and
-        the seeded generator is set up now, before the first character is asked for."""
+        the seeded character generator is set up now, before the first character is asked for."""
         n = min(settings.length, turn.room)
         turn.settings, turn.wanted = settings, n
         if settings.seed is not None:
             self.rng.manual_seed(settings.seed)
-        chars = self.generator().generate(n, settings.temperature, settings.top_k, self.rng)
+        chars = self.stream().generate(n, settings.temperature, settings.top_k, self.rng)
 
         def recorded():
             while turn.open:
@@ -208,7 +208,7 @@ class ChatSession:
     def next_logits(self) -> torch.Tensor:
         """The logits for the stepped reply's next character; the state is left as it was."""
         self.stepping()
-        return self.generator().peek()
+        return self.stream().peek()
 
     def step(self, token: str) -> str:
         """Append `token` (a character of the vocabulary) to the stepped reply and read it."""
@@ -218,7 +218,7 @@ class ChatSession:
         if len(turn.reply) >= min(MAX_LENGTH, turn.room):
             raise ChatError(f"this reply has reached its limit ({len(turn.reply):,} characters): "
                             "send a new message")
-        self.generator().read(token)
+        self.stream().read(token)
         turn.reply += token
         return token
 
@@ -235,7 +235,7 @@ class ChatSession:
             raise ChatError("nothing to step back: the reply is empty")
         removed, turn.reply = turn.reply[-1], turn.reply[:-1]
         state, pending = turn.before   # a copy: the stream reuses the tensors it starts from
-        self.gen, self.position = None, (tuple(s.clone() for s in state), pending)
+        self._stream, self.position = None, (tuple(s.clone() for s in state), pending)
         await self.read(turn.text_read + turn.reply)
         return removed
 
@@ -245,7 +245,7 @@ class ChatSession:
             return None
         self.close()
         turn = self.turns.pop()
-        self.gen, self.position = None, turn.before
+        self._stream, self.position = None, turn.before
         return turn
 
     async def run(self, fn: Callable, *args, bulk: bool = False):
@@ -259,6 +259,6 @@ class ChatSession:
         longer than one update's work waits behind the streams' updates (bulk)."""
         step = max(1, SLICE_WORK // self.num_params)
         bulk = len(text) * self.num_params > UPDATE_WORK
-        gen = self.generator()
+        gen = self.stream()
         for i in range(0, len(text), step):
             await self.run(gen.read, text[i:i + step], bulk=bulk)

@@ -50,7 +50,7 @@ def states_equal(a, b) -> bool:
 
 def test_three_turns_are_one_greedy_text(lstm):
     session = ChatSession(lstm)
-    assert len(session.generator().state) == 4  # H, C of layer 0, H, C of layer 1
+    assert len(session.stream().state) == 4  # H, C of layer 0, H, C of layer 1
     transcript = ""
     for message, n in (("The Time Traveller!", 50), ("said the   psychologist", 30), ("  and he", 25)):
         text = joined(transcript, normalize_prompt(message, "book"))
@@ -62,12 +62,12 @@ def test_three_turns_are_one_greedy_text(lstm):
 
 def test_undo_retry_stop_and_new_chat_restore_the_whole_state(lstm):
     session = ChatSession(lstm)
-    zero = session.generator().snapshot()
+    zero = session.stream().snapshot()
     a = turn(session, "time")
-    after_a = session.generator().snapshot()
+    after_a = session.stream().snapshot()
     turn(session, "machine")
     session.undo()                                    # back to after the first turn
-    assert states_equal(session.generator().state, after_a[0]) and session.generator().pending == after_a[1]
+    assert states_equal(session.stream().state, after_a[0]) and session.stream().pending == after_a[1]
     retried = turn(session, "machine")                # retry: the same message again
     transcript = joined("time" + a, "machine")
     assert retried == continuation(lstm, transcript, GREEDY.length)
@@ -87,7 +87,7 @@ def test_undo_retry_stop_and_new_chat_restore_the_whole_state(lstm):
     assert 0 < len(shown) < 500 and session.transcript == transcript
     assert turn(session, "said") == continuation(lstm, joined(transcript, "said"), GREEDY.length)
     session.reset()                                   # new chat: every layer's H and C zero
-    assert states_equal(session.generator().state, zero[0]) and session.generator().pending is None
+    assert states_equal(session.stream().state, zero[0]) and session.stream().pending is None
     assert turn(session, "time") == a
 
 

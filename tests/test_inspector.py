@@ -453,7 +453,7 @@ def test_greedy_steps_are_a_greedy_reply(bundled):
         stepper.step_auto(Settings(1, 0.0, 0))
     _, expected = said(streamer, "the psychologist", Settings(30, 0.0, 0))
     assert turn.reply == expected
-    ours, theirs = stepper.generator(), streamer.generator()
+    ours, theirs = stepper.stream(), streamer.stream()
     assert torch.equal(ours.H, theirs.H) and ours.pending == theirs.pending
 
 
