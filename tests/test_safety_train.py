@@ -540,7 +540,7 @@ def test_config_with_an_integer_too_long_to_read_is_one_line(tmp_path, run2):
 def test_train_throughput_bench_without_network_uses_the_local_text_or_says_why(tmp_path):
     env = {**os.environ, "RNN_CORE_CACHE": str(tmp_path / "cache"),
            "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}  # no network
-    bench = [sys.executable, "bench/train_throughput.py"]
+    bench = [sys.executable, "-m", "bench.train_throughput"]
     ok = subprocess.run([*bench, "--quick"], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=600)
     assert ok.returncode == 0 and "Traceback" not in ok.stderr, ok.stderr[-2000:]
