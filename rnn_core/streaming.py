@@ -31,11 +31,11 @@ class Pace:
     pause, so a stream's characters per second do not change."""
     chars_per_second: float = 60.0
     min_interval: float = 0.04
-    max_interval: float = 0.07
+    max_interval: float = 0.05
     updates_per_second: float = 1200.0
     burst_starts: int = 8
     burst_window: float = 0.1
-    burst_interval: float = 0.12
+    burst_interval: float = 0.08
     active: int = 0
     starts: deque = field(default_factory=deque, repr=False)   # start times within the window
     burst_until: float = 0.0
