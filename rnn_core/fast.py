@@ -165,7 +165,6 @@ class _SplitRNN(torch.autograd.Function):
         dY = new((T, B, V)).zero_() if dY is None else dY.view(T, B, V)
         grads = [[new((V, H)), new((H, H)), new(H), new((H, V)), new(V)], *ws.partial]
         dH0 = new((B, H)) if ctx.needs_input_grad[2] else None
-        W_hh_T.copy_(W_hh.t())
 
         @torch.no_grad()
         def rows(g: int) -> None:
@@ -190,6 +189,7 @@ class _SplitRNN(torch.autograd.Function):
                 torch.mm(dA_t[0], W_hh_T, out=dH0[r])
 
         with _one_core_per_group(groups):
+            W_hh_T.copy_(W_hh.t())
             _each_group(rows, groups)
             for partial in grads[1:]:
                 for total, part in zip(grads[0], partial):

@@ -326,7 +326,7 @@ class _StackFunction(torch.autograd.Function):
         L, S = net.num_layers, len(net.cell.state)
         state, params = tensors[:L * S], tensors[L * S:]
         B, T = X.shape
-        layers, groups = _layers(net, params), len(ws.rows)
+        groups = len(ws.rows)
         out = [None] * groups
 
         @torch.no_grad()  # grad mode is per thread
@@ -336,9 +336,10 @@ class _StackFunction(torch.autograd.Function):
                                    [s[r] for s in state], layers, *params[-2:])
 
         with _one_core_per_group(groups):
+            layers = _layers(net, params)
             _each_group(rows, groups)
-        Y = torch.cat([o[0] for o in out], dim=1).view(T * B, -1)
-        new_state = [torch.cat([o[1][i] for o in out]) for i in range(L * S)]
+            Y = torch.cat([o[0] for o in out], dim=1).view(T * B, -1)
+            new_state = [torch.cat([o[1][i] for o in out]) for i in range(L * S)]
         ws.calls += 1
         ctx.ws, ctx.call, ctx.net, ctx.masks, ctx.layers = ws, ws.calls, net, masks, layers
         ctx.W_hq, ctx.saved = params[-2], [o[2] for o in out]
