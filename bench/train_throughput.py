@@ -136,13 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.arch != "rnn":
         return train_cells(args)
-    try:
-        text = read_text(args.data or book_text())
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
+    data = book_minibatches(args)
+    if data is None:
         return 2
-    corpus, vocab = load_corpus(text, "book", args.max_tokens)
-    train_iter = SeqDataLoader(corpus, BATCH, STEPS)
+    train_iter, vocab = data
     nets = contenders(len(vocab))
     loss = nn.CrossEntropyLoss()
 
@@ -227,16 +224,25 @@ def cell_contenders(arch: str, vocab_size: int, num_layers: int) -> dict:
             "fast (FastCells)": (fast, make_updater(fast, "sgd", LR), FastCells(fast))}
 
 
-def train_cells(args) -> int:
-    """Tokens/sec of the §9.1 / §9.2 settings (H 256, batch 32, 35 steps, lr 1, the first
-    10,000 characters, sequential), interleaved rounds, ratios within each round."""
+def book_minibatches(args):
+    """The book's minibatches (sequential, batch 32, 35 steps) of the first `--max-tokens`
+    characters and the vocabulary, or None after a one-line error when the text is missing."""
     try:
         text = read_text(args.data or book_text())
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return None
     corpus, vocab = load_corpus(text, "book", args.max_tokens)
-    train_iter = SeqDataLoader(corpus, BATCH, STEPS)
+    return SeqDataLoader(corpus, BATCH, STEPS), vocab
+
+
+def train_cells(args) -> int:
+    """Tokens/sec of the §9.1 / §9.2 settings (H 256, batch 32, 35 steps, lr 1, the first
+    10,000 characters, sequential), interleaved rounds, ratios within each round."""
+    data = book_minibatches(args)
+    if data is None:
+        return 2
+    train_iter, vocab = data
     nets = cell_contenders(args.arch, len(vocab), args.num_layers)
     loss = nn.CrossEntropyLoss()
     print(f"training throughput, {args.arch.upper()} x {args.num_layers} layer(s): batch 32, "
