@@ -47,7 +47,7 @@ from bench.common import book_text, isa_info, machine_info, summary
 
 from rnn_core.data import DataError, load_corpus, read_text, SeqDataLoader
 from rnn_core.fast import FastRNN, candidates, onednn_available, onednn_prepack_available
-from rnn_core.fast_cells import FastCells
+from rnn_core.fast_cells import FastCells, candidates as cell_backends
 from rnn_core.model import RNNModelScratch
 from rnn_core.training import make_updater, train_epoch_ch8
 
@@ -210,18 +210,21 @@ class CellModelConcise(nn.Module):
 
 def cell_contenders(arch: str, vocab_size: int, num_layers: int) -> dict:
     """name -> (net, updater, forward): the book's scratch cell (its forward and autograd),
-    the concise nn.GRU / nn.LSTM, and rnn_core.fast_cells.FastCells; the scratch ones start
-    from the same weights."""
+    the concise nn.GRU / nn.LSTM, and rnn_core.fast_cells.FastCells: `auto` (what train.py
+    uses) and each backend that applies alone; the scratch ones start from the same weights."""
     title = arch.upper()
     torch.manual_seed(0)
     book = RNNModelScratch(vocab_size, CELL_HIDDEN, arch=arch, num_layers=num_layers)
     torch.manual_seed(0)
     concise = CellModelConcise(arch, vocab_size, CELL_HIDDEN, num_layers)
-    torch.manual_seed(0)
-    fast = RNNModelScratch(vocab_size, CELL_HIDDEN, arch=arch, num_layers=num_layers)
-    return {f"book scratch {title}": (book, make_updater(book, "sgd", LR), None),
-            f"nn.{title} + nn.Linear": (concise, torch.optim.SGD(concise.parameters(), lr=LR), None),
-            "fast (FastCells)": (fast, make_updater(fast, "sgd", LR), FastCells(fast))}
+    out = {f"book scratch {title}": (book, make_updater(book, "sgd", LR), None),
+           f"nn.{title} + nn.Linear": (concise, torch.optim.SGD(concise.parameters(), lr=LR),
+                                       None)}
+    for backend in ["auto"] + cell_backends(arch, torch.float32, torch.device("cpu")):
+        torch.manual_seed(0)
+        fast = RNNModelScratch(vocab_size, CELL_HIDDEN, arch=arch, num_layers=num_layers)
+        out[f"fast ({backend})"] = (fast, make_updater(fast, "sgd", LR), FastCells(fast, backend))
+    return out
 
 
 def book_minibatches(args):
@@ -251,8 +254,10 @@ def train_cells(args) -> int:
     print(isa_info())
     speeds = {name: [] for name in nets}
     ppl = {}
+    names = list(nets)
     for r in range(args.warmup + args.rounds):
-        for name, (net, updater, forward) in nets.items():
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            net, updater, forward = nets[name]
             random.seed(r)
             ppl[name], speed = train_epoch_ch8(net, train_iter, loss, updater, "cpu", False,
                                                forward)
@@ -266,6 +271,8 @@ def train_cells(args) -> int:
         vs_concise = statistics.median(v / c for v, c in zip(values, concise))
         print(f"{name:<26} {summary(values):<36} {vs_book:>7.2f}x {vs_concise:>9.2f}x "
               f"{ppl[name]:>7.2f}")
+    print(f"\nfast (auto) chose the {nets['fast (auto)'][2].backend} backend by timing each at "
+          "start-up (train.py does the same)")
     return 0
 
 

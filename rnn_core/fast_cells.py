@@ -19,20 +19,36 @@ by the same call, so the same torch seed gives the same masks). How it is arrang
     own core (as fast.FastRNN's `rows` kernel): torch's own threading of these small
     products pays a barrier per op and collapses when another process wants the cores.
 Plain torch ops (torch.mm / addmm, MKL or oneBLAS underneath), so it runs on any device and
-dtype. The single-layer §8.5 RNN without dropout has its own, faster kernel: fast.FastRNN.
+dtype: the `hand` backend.
+
+The LSTM has a second backend, `onednn`: the book's §9.2 cell is exactly nn.LSTM's (its gate
+blocks ordered i, f, g, o), so each layer runs through oneDNN's fused LSTM primitive, the one
+nn.LSTM uses on a CPU, called through `torch.func.functional_call` with the book's parameters
+rearranged (autograd carries the gradients back through the concatenations). The layers are
+run one by one so that the dropout between them stays ours (the same masks). float32 on CPU.
+`auto` (the default) times each backend that applies at the real shape, once per process,
+and keeps the fastest, as fast.FastRNN does.
+
+The single-layer §8.5 RNN without dropout has its own, faster kernel: fast.FastRNN.
 """
 from __future__ import annotations
 
 import functools
+import statistics
+import time
 from collections.abc import Sequence
 
 import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
 
 from .fast import (FastRNN, _each_group, _one_core_per_group, _split, keep_freed_memory,
                    row_threads)
 from .model import RNNModelScratch
 
 Tensor = torch.Tensor
+BACKENDS = ("auto", "hand", "onednn")
 
 
 class _Kernel:
@@ -377,13 +393,141 @@ class _StackFunction(torch.autograd.Function):
         return (None, None, None, None, *dstate_in, *grads)
 
 
+# ------------------------------------------------------------------ the LSTM through oneDNN
+
+LSTM_BLOCKS = (0, 1, 3, 2)   # the book's gates i, f, o, c in nn.LSTM's block order i, f, g, o
+
+
+def lstm_layer_params(W_x: Sequence[Tensor], W_h: Sequence[Tensor], b: Sequence[Tensor]
+                      ) -> dict[str, Tensor]:
+    """One layer of the book's LSTM as a one-layer nn.LSTM's parameters: the gates stacked
+    in nn.LSTM's order, transposed to its (4H, inputs) layout; the book's one bias per gate
+    in bias_ih, zeros in bias_hh."""
+    b_ih = torch.cat([b[g] for g in LSTM_BLOCKS])
+    return {"weight_ih_l0": torch.cat([W_x[g].t() for g in LSTM_BLOCKS]),
+            "weight_hh_l0": torch.cat([W_h[g].t() for g in LSTM_BLOCKS]),
+            "bias_ih_l0": b_ih, "bias_hh_l0": torch.zeros_like(b_ih)}
+
+
+def onednn_lstm_forward(net: RNNModelScratch, X: Tensor, state: Sequence[Tensor],
+                        masks: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """`net(X, state)` for an LSTM of any depth with the given dropout masks, each layer one
+    call of nn.LSTM's fused kernel (oneDNN on a float32 CPU); autograd does the backward.
+    Layer 0 reads the one-hot inputs (T, B, V), as the book's model does."""
+    inp = F.one_hot(X.t(), net.vocab_size).to(net.W_hq.dtype)
+    new_state: list[Tensor] = []
+    for k in range(net.num_layers):
+        if k and masks is not None:
+            inp = inp * masks[k - 1]
+        layer = _lstm_module(inp.shape[-1], net.num_hiddens)
+        H0, C0 = state[2 * k:2 * k + 2]
+        inp, (H, C) = functional_call(layer, lstm_layer_params(*net.layer(k)),
+                                      (inp, (H0[None], C0[None])))
+        new_state += [H[0].clone(), C[0].clone()]   # not views: training detaches them in place
+    top = inp if masks is None else inp * masks[-1]
+    return torch.addmm(net.b_q, top.reshape(-1, net.num_hiddens), net.W_hq), tuple(new_state)
+
+
+@functools.cache
+def _lstm_module(inputs: int, num_hiddens: int) -> nn.LSTM:
+    """A one-layer nn.LSTM without weights of its own (functional_call supplies them)."""
+    return nn.LSTM(inputs, num_hiddens, device="meta")
+
+
+@functools.cache
+def onednn_lstm_available() -> bool:
+    """True when torch's LSTM runs on oneDNN here (mkldnn built and enabled) and computes
+    the book's LSTM with the rearranged parameters (checked on a small model)."""
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return False
+    with torch.random.fork_rng(devices=[]):  # leaves the caller's random stream alone
+        torch.manual_seed(0)
+        net = RNNModelScratch(5, 4, arch="lstm", num_layers=2)
+        X = torch.randint(0, 5, (3, 2))
+        state = tuple(torch.randn((3, 4)) for _ in range(4))
+    try:
+        with torch.no_grad():
+            got, expected = onednn_lstm_forward(net, X, state, None), net(X, state)
+    except (RuntimeError, TypeError, ValueError, NotImplementedError):
+        return False
+    return all(torch.allclose(g, e, atol=1e-5) for g, e in
+               zip((got[0], *got[1]), (expected[0], *expected[1]), strict=True))
+
+
+def backend_fits(backend: str, arch: str, dtype: torch.dtype, device: torch.device) -> bool:
+    """`hand` runs everywhere; `onednn` needs an LSTM in float32 on a CPU with oneDNN."""
+    if backend == "onednn":
+        return (arch == "lstm" and device.type == "cpu" and dtype == torch.float32
+                and onednn_lstm_available())
+    return backend == "hand"
+
+
+def candidates(arch: str, dtype: torch.dtype, device: torch.device) -> list[str]:
+    """The backends that apply, `hand` first."""
+    return [b for b in BACKENDS[1:] if backend_fits(b, arch, dtype, device)]
+
+
+def time_backends(backends: list[str], shape: tuple, reps: int = 5) -> dict[str, float]:
+    """Seconds of one forward + backward pass of each backend at `shape` = (arch, layers,
+    steps, batch, H, V, dtype, device), on the book's initial weights: the median of `reps`
+    after one warm-up, interleaved so that a burst of other load hits all alike."""
+    arch, layers, T, B, H, V, dtype, device = shape
+    fork = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork):  # leaves the caller's random stream alone
+        torch.manual_seed(0)
+        net = RNNModelScratch(V, H, arch=arch, num_layers=layers).to(device=device, dtype=dtype)
+        X = torch.randint(0, V, (B, T), device=device)
+    state = net.begin_state(B, device)
+    state = tuple(s.to(dtype) for s in state)
+    runs = {b: FastCells(net, b) for b in backends}
+    seconds: dict[str, list[float]] = {b: [] for b in backends}
+    for rep in range(reps + 1):
+        for b, run in runs.items():
+            net.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            with torch.enable_grad():
+                Y, new_state = run(X, state)
+                with run.rest_of_step():
+                    (Y.sum() + sum(s.sum() for s in new_state)).backward()
+            if rep:
+                seconds[b].append(time.perf_counter() - start)
+    return {b: statistics.median(s) for b, s in seconds.items()}
+
+
+@functools.cache
+def choose_backend(shape: tuple, threads: int) -> str:
+    """`auto`'s choice for minibatches of `shape` with `threads` torch threads: the fastest
+    backend that applies, measured; `hand` unless another is at least 5% faster."""
+    names = candidates(shape[0], shape[6], shape[7])
+    if len(names) == 1:
+        return names[0]
+    times = time_backends(names, shape)
+    fastest = min(names, key=times.get)
+    return fastest if times[fastest] < 0.95 * times["hand"] else "hand"
+
+
+# ------------------------------------------------------------------ the drop-in
+
 class FastCells:
     """A drop-in for `net(X, state)` when training any cell, depth and dropout: same outputs
     and gradients as `RNNModelScratch.forward` up to float rounding, and the same dropout
-    masks for the same torch random state. Keeps its buffers between calls."""
+    masks for the same torch random state.
 
-    def __init__(self, net: RNNModelScratch):
-        self.net = net
+    backend: `hand` (the hand-written kernels above, any device and dtype; keeps its buffers
+    between calls), `onednn` (LSTM only: oneDNN's fused LSTM per layer), or `auto`: the
+    fastest that applies for each minibatch shape, timed once per process (`backend` then
+    says which)."""
+
+    def __init__(self, net: RNNModelScratch, backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        if backend == "onednn" and not backend_fits(backend, net.arch, net.W_hq.dtype,
+                                                     net.W_hq.device):
+            raise RuntimeError("the oneDNN backend needs an LSTM in float32 on a CPU with "
+                               "torch's oneDNN (mkldnn) enabled; use backend='hand' or 'auto'")
+        self.net, self.requested = net, backend
+        self.backend: str | None = None if backend == "auto" else backend
+        self.shape: tuple | None = None
         self.ws: Workspace | None = None
         keep_freed_memory()  # large temporaries reuse memory instead of page-faulting it in
 
@@ -391,18 +535,27 @@ class FastCells:
         net = self.net
         X = X.to(net.W_hq.device)
         B, T = X.shape
+        shape = (net.arch, net.num_layers, T, B, net.num_hiddens, net.vocab_size,
+                 net.W_hq.dtype, net.W_hq.device)
+        if self.shape != shape and self.requested == "auto":
+            self.backend = choose_backend(shape, torch.get_num_threads())
+        self.shape = shape
+        masks = net.dropout_masks(T, B, X.device, net.W_hq.dtype) if net.training else None
+        if self.backend == "onednn":
+            return onednn_lstm_forward(net, X, state, masks)
         groups = row_threads(B, X.device)
         key = (net.arch, net.num_layers, T, B, net.num_hiddens, net.W_hq.dtype, net.W_hq.device,
                groups)
         if self.ws is None or self.ws.key != key:
             self.ws = Workspace(net, T, B, groups)
-        masks = net.dropout_masks(T, B, X.device, net.W_hq.dtype) if net.training else None
         Y, *new_state = _StackFunction.apply(self.ws, net, X, masks, *state, *net.params)
         return Y, tuple(new_state)
 
     def rest_of_step(self):
-        """As FastRNN.rest_of_step: one torch thread when the rows are split over the cores."""
-        return _one_core_per_group(len(self.ws.rows))
+        """As FastRNN.rest_of_step: one torch thread when the hand-written kernel splits the
+        rows over the cores; torch's own threads for oneDNN's LSTM."""
+        groups = len(self.ws.rows) if self.backend == "hand" and self.ws is not None else 1
+        return _one_core_per_group(groups)
 
 
 def fast_forward(net: RNNModelScratch):

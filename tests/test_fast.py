@@ -419,7 +419,7 @@ def test_the_rest_of_a_rows_step_runs_on_one_thread(two_threads, backend, thread
         seen.append(torch.get_num_threads())
         sgd(net.params, 1.0, batch_size)
     batches = [(torch.randint(0, 28, (16, 5)), torch.randint(0, 28, (16, 5)))] * 2
-    forward = (FastCells(net) if backend == "lstm" else FastRNN(net, backend) if backend
+    forward = (FastCells(net, "hand") if backend == "lstm" else FastRNN(net, backend) if backend
                else None)
     ppl, _ = train_epoch_ch8(net, batches, torch.nn.CrossEntropyLoss(), updater, "cpu", False,
                              forward)

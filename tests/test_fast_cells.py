@@ -1,6 +1,7 @@
 """The fast kernels of every cell (rnn_core/fast_cells.py) compute the scratch model's outputs
-and gradients: against autograd through cells.py's math in float64, for every cell, one to
-three layers, with and without dropout."""
+and gradients: against autograd through cells.py's math in float64, for every cell and
+backend, one to three layers, with and without dropout; `auto` picks a backend that applies
+and falls back to the hand-written kernel where oneDNN's LSTM does not."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,8 @@ from torch.nn import functional as F
 
 from rnn_core.cells import ARCHS, dropout_masks, layer_param_names, stacked_forward
 from rnn_core.fast import FastRNN
-from rnn_core.fast_cells import FastCells, fast_forward
+from rnn_core import fast_cells
+from rnn_core.fast_cells import FastCells, candidates, fast_forward, onednn_lstm_available
 from rnn_core.model import RNNModelScratch
 from test_fast import check_buffers_reused_and_stale_backward_refused
 
@@ -38,13 +40,20 @@ def outputs_and_grads(forward, params, X, state, wY, wS):
             + [p.grad.clone() for p in params])
 
 
+ARCH_BACKENDS = [(arch, "hand") for arch in ARCHS] + [("lstm", "onednn")]
+needs_onednn = pytest.mark.skipif(not onednn_lstm_available(),
+                                  reason="torch's LSTM has no oneDNN kernel here")
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.4])
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch,backend", ARCH_BACKENDS)
 @pytest.mark.parametrize("V,H,B,T", [(28, 64, 8, 12), (7, 5, 3, 5), (6, 4, 1, 1)])
-def test_gradients_equal_autograd(arch, num_layers, dropout, V, H, B, T):
+def test_gradients_equal_autograd(arch, num_layers, dropout, V, H, B, T, backend):
     """Every output, state and gradient within 1e-5 relative (L2) error of float64 autograd
-    through the scratch math, with the same dropout masks."""
+    through the scratch math, with the same dropout masks, for each backend."""
+    if backend == "onednn" and not onednn_lstm_available():
+        pytest.skip("torch's LSTM has no oneDNN kernel here")
     net, X, state, wY, wS = random_problem(arch, V, H, B, T, num_layers, dropout)
     net.train()
     params64 = [p.detach().double().requires_grad_(True) for p in net.params]
@@ -64,7 +73,7 @@ def test_gradients_equal_autograd(arch, num_layers, dropout, V, H, B, T):
     expected = outputs_and_grads(scratch64, params64, X, [s.double() for s in state],
                                  wY.double(), [w.double() for w in wS])
     torch.manual_seed(5)
-    got = outputs_and_grads(FastCells(net), net.params, X, state, wY, wS)
+    got = outputs_and_grads(FastCells(net, backend), net.params, X, state, wY, wS)
     labels = ["logits"] + [f"state{i}" for i in range(len(state))] + \
         [f"d state{i}" for i in range(len(state))] + names
     assert len(got) == len(expected) == len(labels)
@@ -78,10 +87,11 @@ def test_gradients_equal_autograd(arch, num_layers, dropout, V, H, B, T):
     assert torch.allclose(Y, got[0], atol=1e-5)
 
 
-def test_dropout_is_off_in_eval_mode():
+@pytest.mark.parametrize("backend", ["hand", pytest.param("onednn", marks=needs_onednn)])
+def test_dropout_is_off_in_eval_mode(backend):
     net, X, state, _, _ = random_problem("lstm", 9, 6, 2, 5, 2, 0.5)
     net.eval()
-    a, _ = FastCells(net)(X, state)
+    a, _ = FastCells(net, backend)(X, state)
     b, _ = net(X, state)
     assert torch.allclose(a, b, atol=1e-6)
 
@@ -95,7 +105,7 @@ def test_fast_forward_picks_the_kernel():
 def test_buffers_are_reused_but_a_stale_backward_is_refused():
     torch.manual_seed(0)
     net = RNNModelScratch(10, 16, arch="lstm", num_layers=2)
-    check_buffers_reused_and_stale_backward_refused(net, FastCells(net))
+    check_buffers_reused_and_stale_backward_refused(net, FastCells(net, "hand"))
     assert net.W_hi_l1.grad is not None
 
 
@@ -107,11 +117,80 @@ def test_row_groups_on_their_own_threads_compute_the_same(arch):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        test_gradients_equal_autograd(arch, 2, 0.4, 28, 32, 17, 6)
+        test_gradients_equal_autograd(arch, 2, 0.4, 28, 32, 17, 6, "hand")
         net, X, state, _, _ = random_problem(arch, 28, 32, 17, 6, 2, 0.0)
-        f = FastCells(net)
+        f = FastCells(net, "hand")
         f(X, state)
         assert [len(r) for r in (range(17)[s] for s in f.ws.rows)] == [8, 9]
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@needs_onednn
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_auto_picks_the_faster_backend_once_per_shape_and_keeps_the_random_stream(dropout):
+    """`auto` times the backends that apply at the real shape (an LSTM: both), uses the one it
+    picked, draws nothing from torch's generator while choosing (the dropout masks stay the
+    ones the book's model draws), and remembers the choice for the shape."""
+    fast_cells.choose_backend.cache_clear()
+    net, X, state, _, _ = random_problem("lstm", 28, 32, 8, 7, 2, dropout)
+    f = FastCells(net)
+    assert f.backend is None and candidates("lstm", torch.float32, torch.device("cpu")) == \
+        ["hand", "onednn"]
+    torch.manual_seed(3)
+    Y, new_state = f(X, state)
+    torch.manual_seed(3)
+    Y_book, state_book = net(X, state)
+    assert f.backend in ("hand", "onednn")
+    assert torch.allclose(Y, Y_book, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(new_state, state_book))
+    for s in new_state:
+        s.detach_()   # as train_epoch_ch8 cuts the graph between minibatches
+    assert fast_cells.choose_backend.cache_info().misses == 1
+    FastCells(net)(X, state)
+    assert fast_cells.choose_backend.cache_info().hits == 1
+
+
+def test_backend_falls_back_to_the_hand_kernel_where_onednn_does_not_apply(monkeypatch):
+    """GRU, RNN, float64 and a torch without oneDNN's LSTM all get the hand-written kernel
+    from `auto` (and still the scratch model's results); asking for `onednn` there is
+    refused with the reason; an unknown backend is refused."""
+    cpu = torch.device("cpu")
+    for arch in ("rnn", "gru"):
+        assert candidates(arch, torch.float32, cpu) == ["hand"]
+    assert candidates("lstm", torch.float64, cpu) == ["hand"]
+    net, X, state, _, _ = random_problem("lstm", 9, 6, 2, 5, 2, 0.0)
+    monkeypatch.setattr(fast_cells, "onednn_lstm_available", lambda: False)
+    assert candidates("lstm", torch.float32, cpu) == ["hand"]
+    f = FastCells(net)
+    Y, _ = f(X, state)
+    assert f.backend == "hand" and torch.allclose(Y, net(X, state)[0], atol=1e-6)
+    with pytest.raises(RuntimeError, match="oneDNN backend needs an LSTM in float32"):
+        FastCells(net, "onednn")
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="use backend='hand' or 'auto'"):
+        FastCells(RNNModelScratch(5, 4, arch="gru"), "onednn")
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        FastCells(net, "fast")
+
+
+@needs_onednn
+def test_onednn_lstm_trains_as_the_hand_kernel():
+    """Two SGD steps of a 2-layer LSTM with dropout through each backend, from the same
+    weights and seeds, end at the same weights (up to float rounding)."""
+    results = []
+    for backend in ("hand", "onednn"):
+        net, X, state, wY, _ = random_problem("lstm", 28, 16, 4, 6, 2, 0.3)
+        f = FastCells(net, backend)
+        torch.manual_seed(7)
+        for _ in range(2):
+            Y, state = f(X, tuple(s.detach() for s in state))
+            (Y * wY).sum().backward()
+            with torch.no_grad():
+                for p in net.params:
+                    p -= 0.1 * p.grad
+                    p.grad = None
+        results.append([p.detach().clone() for p in net.params])
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-5)
