@@ -39,6 +39,19 @@ def test_train_throughput_prints_every_contender_and_the_floor(data_path):
     assert re.search(r"^cpu has .* \| limits in force: .* \| torch kernels \w+", out, re.M), out
 
 
+def test_train_throughput_cells_prints_the_book_the_concise_model_and_each_backend(data_path):
+    """--arch lstm: the book's scratch LSTM, nn.LSTM, FastCells' auto and both backends, and
+    which one auto picked."""
+    out = bench("train_throughput", "--data", data_path, "--arch", "lstm")
+    for label in ("book scratch LSTM", "nn.LSTM + nn.Linear", "fast (auto)", "fast (hand)",
+                  "fast (onednn)"):
+        fields = row(out, label)
+        assert re.fullmatch(NUM, fields[0]) and fields[-3].endswith("x"), fields  # x book
+        assert fields[-2].endswith("x") and re.fullmatch(NUM, fields[-1]), fields  # x concise, ppl
+    assert row(out, "book scratch LSTM")[-3] == "1.00x"
+    assert re.search(r"^fast \(auto\) chose the (hand|onednn) backend", out, re.M), out
+
+
 def test_book_run_times_train_py_against_the_books_library(data_path):
     out = bench("book_run", "--data", data_path)
     assert re.search(r"^cpu has .* \| limits in force: .* \| torch kernels \w+", out, re.M), out
