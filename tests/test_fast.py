@@ -22,7 +22,8 @@ from rnn_core.model import RNNModelScratch, rnn
 from rnn_core.training import fit, make_updater, sgd, train_epoch_ch8
 
 BACKENDS = [pytest.param("onednn", marks=pytest.mark.skipif(
-    not onednn_available(), reason="this torch build has no oneDNN linear op")), "plain", "rows"]
+    not onednn_available(), reason="this torch build has no oneDNN linear op")), "plain", "batched",
+    "rows"]
 NAMES = ["logits", "H_T", "dH0", "W_xh", "W_hh", "b_h", "W_hq", "b_q"]
 
 
@@ -218,7 +219,7 @@ def test_the_real_timing_runs_every_kernel_that_applies_and_picks_one(fresh_choi
     net = RNNModelScratch(28, 32)
     f = FastRNN(net)
     f(torch.randint(0, 28, (16, 5)), net.begin_state(16))
-    names = ["plain", "rows"] + (["onednn"] if onednn_available() else [])
+    names = ["plain", "batched", "rows"] + (["onednn"] if onednn_available() else [])
     assert fast.candidates(f.ws.key) == names
     assert f.backend in names
     times = fast.time_kernels(names, f.ws.key, reps=1)
@@ -231,6 +232,26 @@ def two_threads():
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("threads,B,blocks", [(2, 32, 2), (3, 24, 3), (2, 14, 1), (3, 25, 1)])
+def test_batched_kernel_runs_each_step_as_one_product_over_row_blocks(threads, B, blocks):
+    """One block of at least 8 rows per torch thread when the batch divides evenly (else the
+    plain kernel's single product); outputs and gradients as the plain kernel's."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        net, X, H0, wY, wH = random_problem(11, 24, B, 6)
+        expected = outputs_and_grads(FastRNN(net, "plain"), net.params, X, H0, wY, wH)
+        f = FastRNN(net, "batched")
+        got = outputs_and_grads(f, net.params, X, H0, wY, wH)
+        assert f.ws.batched == blocks and f.ws.Hs_g[0][0].shape[:-1] == (
+            (blocks, B // blocks) if blocks > 1 else (B,))
+        assert ("batched" in fast.candidates(f.ws.key)) == (blocks > 1)
+        for name, e, g in zip(NAMES, expected, got):
+            assert float((g - e).norm() / e.norm()) <= 1e-5, name
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("threads,B", [(2, 32), (3, 25)])
