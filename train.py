@@ -589,12 +589,12 @@ def card_and_plot(snap: TrainingState, vocab, args, meta) -> dict[str, bytes]:
 
 
 def plot_perplexity(history) -> bytes:
-    """A PNG of training (and validation) perplexity per epoch."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """A PNG of training (and validation) perplexity per epoch. Drawn on a bare `Figure`, as
+    matplotlib recommends outside a GUI: pyplot's import alone took 0.4 s of every run."""
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig = Figure(figsize=(6, 3.5), dpi=100, layout="tight")
+    ax = fig.subplots()
     epochs = [h.epoch for h in history]
     ax.plot(epochs, [h.ppl for h in history], label="train")
     if any(h.val_ppl for h in history):
@@ -603,9 +603,7 @@ def plot_perplexity(history) -> bytes:
     ax.grid(True, alpha=0.3)
     ax.legend()
     buf = io.BytesIO()
-    fig.tight_layout()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return buf.getvalue()
 
 

@@ -88,11 +88,12 @@ class SplitWorkspace:
         self.one = torch.ones((), dtype=dtype, device=device)
         self.calls = 0                # forward calls so far, to catch a stale backward
 
-    def step(self, out: torch.Tensor, h: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-        """out += h W, in place: one product, or one batched product over the row blocks."""
+    def product(self, W: torch.Tensor) -> tuple[Callable, torch.Tensor]:
+        """(step, W') such that step(out, h, W') does out += h W in place, one product per step:
+        addmm_, or baddbmm_ over the row blocks with W repeated for each (a view)."""
         if self.batched > 1:
-            return out.baddbmm_(h, W.expand(self.batched, *W.shape))
-        return out.addmm_(h, W)
+            return torch.Tensor.baddbmm_, W.expand(self.batched, *W.shape)
+        return torch.Tensor.addmm_, W
 
 
 def _split(n: int, parts: int) -> list[slice]:
@@ -149,8 +150,9 @@ class _SplitRNN(torch.autograd.Function):
             Hs, H_t, r = ws.Hs[g], ws.Hs_g[g], ws.rows[g]
             torch.index_select(W_xh, 0, tokens[g], out=Hs[1:].view(-1, H)).add_(b_h)
             Hs[0].copy_(H0[r])
+            step, W = ws.product(W_hh)
             for t in range(T):
-                ws.step(H_t[t + 1], H_t[t], W_hh).tanh_()
+                step(H_t[t + 1], H_t[t], W).tanh_()
             Ys[g] = torch.addmm(b_q, Hs[1:].view(-1, H), W_hq).view(T, -1, V)
 
         with _one_core_per_group(groups):
@@ -186,8 +188,9 @@ class _SplitRNN(torch.autograd.Function):
                 dA[T - 1].add_(dH_T[r])
             torch.addcmul(ws.one, Hs[1:], Hs[1:], value=-1, out=ws.D[g])
             dA[T - 1].mul_(ws.D[g][T - 1])
+            step, W = ws.product(W_hh_T)
             for t in range(T - 2, -1, -1):
-                ws.step(dA_t[t], dA_t[t + 1], W_hh_T).mul_(D_t[t])
+                step(dA_t[t], dA_t[t + 1], W).mul_(D_t[t])
             dW_xh, dW_hh, db_h, dW_hq_T, db_q = grads[g]
             flat = dA.view(-1, H)
             torch.mm(Hs[:T].view(-1, H).t(), flat, out=dW_hh)
