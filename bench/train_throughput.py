@@ -12,11 +12,15 @@ characters, full BPTT, the book's clipping (theta = 1) and SGD (lr 1), all throu
            tests/test_faithful.py)
   nn.RNN   the book's concise model (§8.6: nn.RNN + nn.Linear, same hidden size), torch.optim.SGD
   fast     rnn_core.fast.FastRNN: `auto` (what `train.py` uses: the fastest kernel, timed at
-           start-up), and each kernel that applies alone (`plain`: the split kernel; `rows`:
-           the same with batch rows split across threads; `onednn`: the fused one)
+           start-up), and each kernel that applies alone (`plain`: the split kernel;
+           `batched`: its per-step products over a row block per thread; `rows`: the same
+           with batch rows split across Python threads; `onednn`: the fused one)
 and the machine's floor: the unavoidable sequential work of one minibatch, 2 x 35 products
-(32 x 512)·(512 x 512) plus tanh, timed alone (the fastest of torch.mm, oneDNN with tanh
-fused, and oneDNN with the weight prepacked).
+(32 x 512)·(512 x 512) plus tanh, timed alone (the fastest of torch.mm, a batched product
+over row blocks, oneDNN with tanh fused, and oneDNN with the weight prepacked); and the
+ceiling: the one-core time of every unavoidable product (those 70 and dW_hh) shared perfectly
+by the cores, which no kernel of the book's float32 arithmetic can beat, so its "x seed" is
+the most any kernel can gain over the seed on the machine at hand.
 
 Rounds are interleaved (one epoch of every contender per round, the same minibatches for all,
 the order rotated each round), the first rounds are warm-up, and ratios are taken within each
@@ -46,7 +50,8 @@ from torch.nn import functional as F
 from bench.common import book_text, isa_info, machine_info, summary
 
 from rnn_core.data import DataError, load_corpus, read_text, SeqDataLoader
-from rnn_core.fast import FastRNN, candidates, onednn_available, onednn_prepack_available
+from rnn_core.fast import (FastRNN, candidates, onednn_available, onednn_prepack_available,
+                           row_blocks)
 from rnn_core.fast_cells import FastCells, candidates as cell_backends
 from rnn_core.model import RNNModelScratch
 from rnn_core.training import make_updater, train_epoch_ch8
@@ -90,10 +95,15 @@ def contenders(vocab_size: int) -> dict:
 
 
 def floor_seconds(reps: int = 5) -> dict[str, float]:
-    """Seconds for 2 x STEPS products (BATCH x H)·(H x H) + tanh, best of `reps`, per method."""
+    """Seconds for 2 x STEPS products (BATCH x H)·(H x H) + tanh, best of `reps`, per method:
+    the sequential part of a minibatch, however it is arranged."""
     h = torch.randn(BATCH, HIDDEN) * 0.1
     W = torch.randn(HIDDEN, HIDDEN) * 0.01
     methods = {"torch.mm + tanh": lambda: torch.tanh(torch.mm(h, W))}
+    blocks = row_blocks(BATCH)
+    if blocks > 1:
+        hb, Wb = h.view(blocks, -1, HIDDEN), W.expand(blocks, HIDDEN, HIDDEN)
+        methods["batched blocks + tanh"] = lambda: torch.tanh(torch.bmm(hb, Wb))
     W_t = W.t().contiguous()  # (out, in), the layout oneDNN's linear takes
     if onednn_available():
         op = torch.ops.mkldnn._linear_pointwise
@@ -101,18 +111,36 @@ def floor_seconds(reps: int = 5) -> dict[str, float]:
     if onednn_prepack_available():
         packed = torch.ops.mkldnn._reorder_linear_weight(W_t, BATCH)
         methods["oneDNN, prepacked"] = lambda: op(h, packed, None, "tanh", [], "")
-    result = {}
-    for name, fn in methods.items():
-        for _ in range(10):
-            fn()
-        best = float("inf")
-        for _ in range(reps):
-            start = time.perf_counter()
-            for _ in range(2 * STEPS):
-                fn()
-            best = min(best, time.perf_counter() - start)
-        result[name] = best
-    return result
+    return {name: best_of(lambda: [fn() for _ in range(2 * STEPS)], reps)
+            for name, fn in methods.items()}
+
+
+def ceiling_seconds(reps: int = 5) -> float:
+    """A lower bound on the minibatch time of any float32 kernel doing the book's arithmetic:
+    the one-core time of its unavoidable products — 2 x 35 per-step (B x H)·(H x H) and
+    dW_hh = H^T dA over the minibatch (H x T·B)·(T·B x H) — shared perfectly by torch's
+    threads, with nothing else (no input, output layer, loss, clipping or update)."""
+    threads = torch.get_num_threads()
+    h, W = torch.randn(BATCH, HIDDEN) * 0.1, torch.randn(HIDDEN, HIDDEN) * 0.01
+    Hs, dA = torch.randn(STEPS * BATCH, HIDDEN), torch.randn(STEPS * BATCH, HIDDEN)
+    torch.set_num_threads(1)
+    try:
+        steps = best_of(lambda: [torch.mm(h, W) for _ in range(2 * STEPS)], reps)
+        weight_grad = best_of(lambda: torch.mm(Hs.t(), dA), reps)
+    finally:
+        torch.set_num_threads(threads)
+    return (steps + weight_grad) / threads
+
+
+def best_of(fn, reps: int) -> float:
+    for _ in range(3):
+        fn()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     speeds = {name: [] for name in nets}
     ppl = {}
     floors: dict[str, list[float]] = {}
+    ceilings: list[float] = []  # tokens/sec of the unavoidable products alone, per round
     names = list(nets)
     for r in range(args.warmup + args.rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
@@ -162,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         if r >= args.warmup:
             for name, sec in floor_seconds().items():
                 floors.setdefault(name, []).append(BATCH * STEPS / sec)
+            ceilings.append(BATCH * STEPS / ceiling_seconds())
 
     seed, concise = speeds["seed (scratch, book)"], speeds["nn.RNN + nn.Linear"]
     floor = max(floors.values(), key=statistics.median)
@@ -175,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{of_floor:>8.0%} {ppl[name]:>7.2f}")
     for name, values in floors.items():
         print(f"{'floor: ' + name:<26} {summary(values):<36}")
+    vs_seed = statistics.median(c / s for c, s in zip(ceilings, seed))
+    print(f"{'ceiling':<26} {summary(ceilings):<36} {vs_seed:>7.2f}x")
+    print("(ceiling: the one-core time of the book's unavoidable products, 2 x 35 per step and "
+          "dW_hh,\n shared perfectly by the threads: no float32 kernel of the book's arithmetic "
+          "can beat it here;\n x seed is the most any can gain over the seed on this machine)")
     print(f"\nfast (auto) chose the {nets['fast (auto)'][2].backend} kernel by timing each at "
           "start-up (train.py does the same)")
     print(f"(ppl: training perplexity of the last epoch, {args.warmup + args.rounds} epochs "
