@@ -45,6 +45,7 @@ from rnn_core.data import (DATASETS, NORMALIZATIONS, DataError, load_corpus, min
                            normalize_text, read_text, sha1_of, split_corpus, SeqDataLoader)
 from rnn_core.distributed import DistributedError, Group, pick_device, resume_command, say, start
 from rnn_core.errors import for_command_line
+from rnn_core.fast_cells import fast_forward
 from rnn_core.generation import predict_ch8
 from rnn_core.model import RNNModelScratch
 from rnn_core.resume import TrainingState, load_training_state
@@ -335,12 +336,14 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
         resumed.planned_epochs, resumed.schedule_steps = planned_epochs, steps_done
         say(group, f"resuming {args.resume} after epoch {resumed.epoch}")
     group.broadcast_parameters(net.params)
+    forward = fast_kernel(net, resumed, group) if args.kernel == "fast" else None
     schedule = Schedule(updater, args.lr, args.min_lr, planned_epochs * steps_per_epoch,
                         args.max_time, started, steps_done, group)
 
     def snapshot(epoch: int) -> TrainingState:
         return TrainingState.capture(epoch, run_args, net, updater, history, data_sha1,
-                                     planned_epochs, schedule.steps)
+                                     planned_epochs, schedule.steps,
+                                     getattr(forward, "backend", None))
 
     meta = {"data_name": path.name, "data_sha1": data_sha1, "device": str(device),
             "num_train_tokens": len(train_corpus), "num_val_tokens": num_val,
@@ -397,7 +400,7 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
                 vocab, args.lr, args.num_epochs, device, args.use_random_iter,
                 updater=updater, start_epoch=len(history), val_corpus=val_corpus,
                 batch_size=args.batch_size, num_steps=args.num_steps,
-                on_epoch=on_epoch, log=log, kernel=args.kernel, group=group,
+                on_epoch=on_epoch, log=log, forward=forward, group=group,
                 schedule=schedule, prefixes=prefixes)
     except Interrupted as e:
         bar.close()
@@ -570,6 +573,20 @@ def checkpoint_config(args: argparse.Namespace, snap: TrainingState, meta: dict)
                 "versions": versions}
     return {"arch": args.arch, "num_layers": args.num_layers, "dropout": args.dropout,
             "normalization": args.normalize, "training": training}
+
+
+def fast_kernel(net: RNNModelScratch, resumed: TrainingState | None, group: Group):
+    """The fast kernel for `net`: on --resume the backend the run was using (so it goes on
+    computing exactly as before), else the one `auto` finds fastest here at the first minibatch."""
+    saved = resumed.backend if resumed is not None else None
+    if saved is not None:
+        try:
+            return fast_forward(net, saved)
+        except (ValueError, RuntimeError):
+            say(group, f"note: the run's fast kernel ({saved}) does not apply on this machine; "
+                "another computes from here on, which may differ from an uninterrupted run by "
+                "float rounding", sys.stderr)
+    return fast_forward(net)
 
 
 def card_and_plot(snap: TrainingState, vocab, args, meta) -> dict[str, bytes]:

@@ -558,9 +558,10 @@ class FastCells:
         return _one_core_per_group(groups)
 
 
-def fast_forward(net: RNNModelScratch):
+def fast_forward(net: RNNModelScratch, backend: str = "auto"):
     """The fastest training forward for `net`: fast.FastRNN for the one-layer §8.5 RNN without
-    dropout, FastCells otherwise."""
+    dropout, FastCells otherwise; `backend` one of theirs (ValueError for another, RuntimeError
+    where it does not apply here)."""
     if net.arch == "rnn" and net.num_layers == 1 and net.dropout == 0:
-        return FastRNN(net)
-    return FastCells(net)
+        return FastRNN(net, backend)
+    return FastCells(net, backend)

@@ -3,8 +3,9 @@
 Saved beside the model files as `training_state.safetensors` (optimizer tensors, torch's CPU
 generator, and the run's CUDA generator on a GPU: dropout masks are drawn there) and
 `training_state.json` (epoch, Python RNG, history, arguments, the learning-rate schedule's
-place). No pickle: the optimizer state is flattened to named tensors. Files written before
-the CUDA generator and the schedule were saved still load (see `TrainingState`).
+place, the fast kernel's backend). No pickle: the optimizer state is flattened to named
+tensors. Files written before the CUDA generator, the schedule and the backend were saved
+still load (see `TrainingState`).
 """
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load, save
 
+from . import fast, fast_cells
 from .checkpoint import MAX_JSON_BYTES, STATE_JSON, STATE_TENSORS, CheckpointError
 from .training import EpochResult
 
 ADAM_STATE_KEYS = {"step", "exp_avg", "exp_avg_sq"}  # what torch.optim.Adam keeps per parameter
+FAST_BACKENDS = (set(fast.BACKENDS) | set(fast_cells.BACKENDS)) - {"auto"}  # what auto can pick
 MAX_CUDA_RNG_BYTES = 1024  # torch's CUDA generator state: 16 bytes (seed, offset)
 
 
@@ -43,12 +46,16 @@ class TrainingState:
     # older files: train.py then uses the saved --num-epochs and whole epochs.
     planned_epochs: int | None = None
     schedule_steps: int | None = None
+    # The fast kernel's backend `auto` chose (fast.FastRNN / fast_cells.FastCells), kept so
+    # that a resumed run computes with the same one; None for the book's kernel (and in older
+    # files).
+    backend: str | None = None
 
     @classmethod
     def capture(cls, epoch: int, args: dict, net: torch.nn.Module, updater,
                 history: list[EpochResult], data_sha1: str | None = None,
-                planned_epochs: int | None = None, schedule_steps: int | None = None
-                ) -> TrainingState:
+                planned_epochs: int | None = None, schedule_steps: int | None = None,
+                backend: str | None = None) -> TrainingState:
         """Copy the live run (cheap: a few MB) so it can be saved later, even mid-epoch.
         The run's device is where its weights are."""
         opt = (copy.deepcopy(updater.state_dict()["state"])
@@ -57,7 +64,7 @@ class TrainingState:
         cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         return cls(epoch, dict(args), {k: v.detach().clone() for k, v in net.named_parameters()},
                    opt, random.getstate(), torch.get_rng_state(), list(history), data_sha1,
-                   cuda_rng, planned_epochs, schedule_steps)
+                   cuda_rng, planned_epochs, schedule_steps, backend)
 
     def files(self) -> dict[str, bytes]:
         """The two files, as bytes for `save_checkpoint`."""
@@ -76,6 +83,8 @@ class TrainingState:
                 "optim_scalars": scalars,
                 "python_rng": [version, list(internal), gauss],
                 "history": [dict(vars(h)) for h in self.history]}
+        if self.backend is not None:
+            meta["backend"] = self.backend
         if self.planned_epochs is not None and self.schedule_steps is not None:
             meta["schedule"] = {"planned_epochs": self.planned_epochs,
                                 "steps": self.schedule_steps}
@@ -178,6 +187,10 @@ def _parse_state(meta, tensors: dict[str, torch.Tensor],
             raise ValueError("schedule must be {planned_epochs: a whole number of at least 1, "
                              "steps: a whole number of at least 0}")
         planned_epochs, schedule_steps = schedule["planned_epochs"], schedule["steps"]
+    backend = meta.get("backend")  # absent in older files and for the book's kernel
+    if backend is not None and backend not in FAST_BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(sorted(FAST_BACKENDS))}, "
+                         f"got {str(backend)[:40]!r}")
     scalars = meta.get("optim_scalars")
     if not isinstance(scalars, dict):
         raise ValueError("optim_scalars must be a JSON object")
@@ -200,7 +213,7 @@ def _parse_state(meta, tensors: dict[str, torch.Tensor],
             raise ValueError(f"optimizer entry {name} must be a number, got {value!r}")
         optimizer_state.setdefault(idx, {})[key] = value
     return TrainingState(epoch, args, weights, optimizer_state, python_rng, torch_rng, results,
-                         sha1, cuda_rng, planned_epochs, schedule_steps)
+                         sha1, cuda_rng, planned_epochs, schedule_steps, backend)
 
 
 def _is_int(x) -> bool:

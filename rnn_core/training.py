@@ -16,7 +16,6 @@ from torch import nn
 
 from .data import Vocab
 from .distributed import SINGLE, Group
-from .fast_cells import fast_forward
 from .generation import predict_ch8
 from .model import RNNModelScratch
 
@@ -292,15 +291,15 @@ def fit(net: RNNModelScratch, train_iter: Iterable, vocab: Vocab, lr: float, num
         updater=None, start_epoch: int = 0, val_corpus: Sequence[int] | None = None,
         batch_size: int = 32, num_steps: int = 35,
         on_epoch: Callable[[EpochResult], None] | None = None,
-        log: Callable[[str], None] = print, kernel: str = "book",
+        log: Callable[[str], None] = print, forward: Callable | None = None,
         group: Group = SINGLE, schedule: Schedule | None = None,
         prefixes: Sequence[str] = ("time traveller", "traveller")) -> list[EpochResult]:
     """`train_ch8`'s loop with what train.py needs around it: resume (`start_epoch`, and the
     `updater` with its state; default the book's SGD), validation on `val_corpus` after each
-    epoch (`batch_size` streams of `num_steps`), a per-epoch callback, and a choice of kernel:
-    `book` runs the book's forward and autograd, `fast` the same math through
-    `fast_cells.fast_forward` (the same gradients up to float rounding, several times the
-    tokens/sec on a shared 2-core CPU, bench/README.md). What the book prints goes to `log`:
+    epoch (`batch_size` streams of `num_steps`), a per-epoch callback, and the kernel:
+    `forward` None runs the book's forward and autograd (bit for bit), and
+    `fast_cells.fast_forward(net)` the same math through the fast kernels (the same gradients
+    up to float rounding; tokens/sec in bench/README.md). What the book prints goes to `log`:
     predictions of `prefixes` (the book's by default), made with dropout off. A `schedule`
     sets the learning rate before each minibatch and may end the run at a minibatch boundary
     (its time budget). Under torchrun, `group` (see `distributed`) is this process's place in
@@ -308,11 +307,8 @@ def fit(net: RNNModelScratch, train_iter: Iterable, vocab: Vocab, lr: float, num
 
     Raises NonFiniteLossError when an epoch's loss is NaN or infinite.
     """
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; use one of {KERNELS}")
     loss = nn.CrossEntropyLoss()
     updater = make_updater(net, "sgd", lr) if updater is None else updater
-    forward = fast_forward(net) if kernel == "fast" else None
 
     def predict(prefix):
         with evaluating(net):

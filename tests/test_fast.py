@@ -16,7 +16,7 @@ from rnn_core import fast
 from rnn_core.checkpoint import load_checkpoint
 from rnn_core.data import SeqDataLoader, load_corpus, read_text
 from rnn_core.fast import FastRNN, onednn_available
-from rnn_core.fast_cells import FastCells
+from rnn_core.fast_cells import FastCells, fast_forward
 from rnn_core.generation import TextStream, pick, predict_ch8
 from rnn_core.model import RNNModelScratch, rnn
 from rnn_core.training import fit, make_updater, sgd, train_epoch_ch8
@@ -345,7 +345,8 @@ def test_training_with_the_fast_kernel_follows_the_book_run(data_path, use_rando
         torch.manual_seed(0)
         net = RNNModelScratch(len(vocab), 64)
         history = fit(net, SeqDataLoader(corpus, 8, 12, use_random_iter), vocab, 1.0, 6,
-                      "cpu", use_random_iter, log=lambda s: None, kernel=kernel)
+                      "cpu", use_random_iter, log=lambda s: None,
+                      forward=fast_forward(net) if kernel == "fast" else None)
         runs[kernel] = ([h.ppl for h in history], net)
     (ppl_book, net_book), (ppl_fast, net_fast) = runs["book"], runs["fast"]
     assert ppl_book[-1] < ppl_book[0]  # it learned something
@@ -354,10 +355,11 @@ def test_training_with_the_fast_kernel_follows_the_book_run(data_path, use_rando
         assert torch.allclose(a, b, atol=1e-4)
 
 
-def test_fit_refuses_an_unknown_kernel():
-    net = RNNModelScratch(5, 4)
-    with pytest.raises(ValueError, match="unknown kernel 'turbo'"):
-        fit(net, [], None, 1.0, 1, "cpu", kernel="turbo")
+def test_fast_forward_refuses_an_unknown_backend():
+    with pytest.raises(ValueError, match="unknown backend 'turbo'"):
+        fast_forward(RNNModelScratch(5, 4), "turbo")
+    with pytest.raises(ValueError, match="unknown backend 'batched'"):
+        fast_forward(RNNModelScratch(5, 4, arch="lstm"), "batched")
 
 
 def test_fast_kernel_with_adam_matches_book_kernel(data_path):
@@ -369,7 +371,8 @@ def test_fast_kernel_with_adam_matches_book_kernel(data_path):
         net = RNNModelScratch(len(vocab), 32)
         updater = make_updater(net, "adam", 0.01)
         history = fit(net, SeqDataLoader(corpus, 4, 10), vocab, 0.01, 3, "cpu",
-                      updater=updater, log=lambda s: None, kernel=kernel)
+                      updater=updater, log=lambda s: None,
+                      forward=fast_forward(net) if kernel == "fast" else None)
         final[kernel] = history[-1].ppl
     assert final["fast"] == pytest.approx(final["book"], rel=1e-4)
 

@@ -345,6 +345,27 @@ def test_resume_files_keep_the_cuda_generator_and_older_files_still_resume(tmp_p
     assert "resuming" in train("--resume", older, "--num-epochs", "3").stdout
 
 
+def test_resume_computes_with_the_fast_kernel_backend_the_run_used(tmp_path, data_path, run2):
+    """`auto` picks a backend by timing, which may pick another in a new process: the resume
+    state records the run's, and the resumed run uses it; one that does not apply here (an
+    LSTM's for an RNN) gets a note and auto's choice."""
+    def state(folder):
+        return json.loads((folder / "training_state.json").read_text())
+    assert state(run2)["backend"] == "plain"  # the only fast RNN kernel for a batch of 4
+    out = tmp_path / "run"
+    shutil.copytree(run2, out)
+    _edit_state(out, lambda m: m.update(backend="rows"))
+    done = train("--resume", out, "--num-epochs", "3")
+    assert "note:" not in done.stderr and state(out)["backend"] == "rows"
+    _edit_state(out, lambda m: m.update(backend="hand"))
+    done = train("--resume", out, "--num-epochs", "4")
+    assert "note: the run's fast kernel (hand) does not apply on this machine" in done.stderr
+    assert state(out)["backend"] == "plain" and state(out)["epoch"] == 4
+    book = tmp_path / "book"
+    train("--data", data_path, *SMALL, "--num-epochs", "1", "--kernel", "book", "--out", book)
+    assert "backend" not in state(book)
+
+
 # -- 6. a full disk during a save -----------------------------------------------------------------
 
 def test_a_failing_save_is_one_line_and_the_previous_checkpoint_survives(tmp_path, data_path, start):
@@ -489,6 +510,8 @@ def _edit_state(folder: Path, change) -> None:
     lambda m: '{"epoch": ' + "9" * 5000 + "}",  # an integer too long for Python to read
     lambda m: m.update(schedule={"planned_epochs": 0, "steps": 98}),
     lambda m: m.update(schedule=[2, 98]),
+    lambda m: m.update(backend="turbo"),
+    lambda m: m.update(backend=["plain"]),
 ])
 def test_edited_training_state_is_refused_in_one_line(tmp_path, run2, change):
     out = tmp_path / "run"
