@@ -116,11 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
                    help="sgd: the book's updater; adam: torch.optim.Adam (try --lr 0.002)")
     p.add_argument("--kernel", choices=KERNELS, default="fast",
-                   help="fast: the same math with fused products and a hand-written backward "
-                        "(same gradients up to float rounding; the batch rows split across "
-                        "the cores: 1.3-1.5x the tokens/sec on one core, more on two, see "
-                        "bench/README.md); "
-                        "book: the book's forward and autograd, bit for bit")
+                   help="fast: the same math with fewer, larger products and a hand-written "
+                        "backward (same gradients up to float rounding), arranged as measured "
+                        "fastest on this CPU at start-up and kept on --resume; speeds in "
+                        "bench/README.md. book: the book's forward and autograd, bit for bit")
     p.add_argument("--save-every", type=int, default=10,
                    help="write what --resume needs every K epochs (cheap); the whole checkpoint, "
                         "with the model card and plot, at the end and on Ctrl-C/SIGTERM")
