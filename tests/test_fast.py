@@ -2,6 +2,7 @@
 where it exists and plain torch.mm where it does not, and generation bit for bit."""
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import subprocess
@@ -234,24 +235,37 @@ def two_threads():
     torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def like_plain(backend: str, B: int) -> FastRNN:
+    """FastRNN(backend) on a random problem with B rows: outputs and gradients as the plain
+    kernel's (1e-5 relative); returns it."""
+    net, X, H0, wY, wH = random_problem(11, 24, B, 6)
+    expected = outputs_and_grads(FastRNN(net, "plain"), net.params, X, H0, wY, wH)
+    f = FastRNN(net, backend)
+    got = outputs_and_grads(f, net.params, X, H0, wY, wH)
+    for name, e, g in zip(NAMES, expected, got):
+        assert float((g - e).norm() / e.norm()) <= 1e-5, name
+    return f
+
+
 @pytest.mark.parametrize("threads,B,blocks", [(2, 32, 2), (3, 24, 3), (2, 14, 1), (3, 25, 1)])
 def test_batched_kernel_runs_each_step_as_one_product_over_row_blocks(threads, B, blocks):
     """One block of at least 8 rows per torch thread when the batch divides evenly (else the
     plain kernel's single product); outputs and gradients as the plain kernel's."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        net, X, H0, wY, wH = random_problem(11, 24, B, 6)
-        expected = outputs_and_grads(FastRNN(net, "plain"), net.params, X, H0, wY, wH)
-        f = FastRNN(net, "batched")
-        got = outputs_and_grads(f, net.params, X, H0, wY, wH)
+    with torch_threads(threads):
+        f = like_plain("batched", B)
         assert f.ws.batched == blocks and f.ws.Hs_g[0][0].shape[:-1] == (
             (blocks, B // blocks) if blocks > 1 else (B,))
         assert ("batched" in fast.candidates(f.ws.key)) == (blocks > 1)
-        for name, e, g in zip(NAMES, expected, got):
-            assert float((g - e).norm() / e.norm()) <= 1e-5, name
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("threads,B", [(2, 32), (3, 25)])
@@ -261,15 +275,10 @@ def test_rows_kernel_splits_the_batch_across_threads_and_restores_torchs_threads
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        net, X, H0, wY, wH = random_problem(11, 24, B, 6)
-        expected = outputs_and_grads(FastRNN(net, "plain"), net.params, X, H0, wY, wH)
-        f = FastRNN(net, "rows")
-        got = outputs_and_grads(f, net.params, X, H0, wY, wH)
+        f = like_plain("rows", B)
         assert [len(g[0]) for g in f.ws.Hs_g] == [B // threads + (i >= threads - B % threads)
                                                  for i in range(threads)]
         assert torch.get_num_threads() == threads
-        for name, e, g in zip(NAMES, expected, got):
-            assert float((g - e).norm() / e.norm()) <= 1e-5, name
         seen = []
 
         def chain(g):
