@@ -18,15 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
+
+
+HAND_BACK = 0.002   # seconds of finished jobs' results gathered into one wake-up of a loop
 
 
 class Engine:
     """One daemon thread running jobs `fn(*args)` for coroutines on any event loop; `run`
     awaits a job's result. Urgent jobs (the default) all run before the next bulk one. A job
-    already started is waited for even when its caller is cancelled, so a session's state is
-    never touched by two at once."""
+    is waited for even when its caller is cancelled (`_Outcome`), so a session's state is
+    never touched by two at once. A result costs its loop two turns (the hand-back, then the
+    caller's wake-up), each as long as everything else the loop has to do at that moment."""
 
     def __init__(self, name: str = "generation"):
         self.name = name
@@ -37,20 +42,12 @@ class Engine:
 
     async def run(self, fn: Callable, *args, bulk: bool = False):
         loop = asyncio.get_running_loop()
-        done = loop.create_future()
+        done = _Outcome(loop=loop)
         with self.ready:
             self._ensure_thread()
             (self.bulk if bulk else self.urgent).append((loop, done, fn, args))
             self.ready.notify()
-        try:
-            return await asyncio.shield(done)
-        except asyncio.CancelledError:
-            while not done.done():   # the job may be running: let it finish first
-                try:
-                    await asyncio.shield(done)
-                except asyncio.CancelledError:
-                    pass
-            raise
+        return await done
 
     def _ensure_thread(self) -> None:
         if self.thread is None or not self.thread.is_alive():
@@ -59,8 +56,7 @@ class Engine:
 
     def _work(self) -> None:
         """Rounds: every waiting urgent job, then one bulk job (so bulk work always advances);
-        each group's results are handed back together, one wake-up per loop and group, which
-        keeps the loop's cost per update low."""
+        results are handed back in batches (`_run`)."""
         while True:
             with self.ready:
                 while not self.urgent and not self.bulk:
@@ -72,15 +68,34 @@ class Engine:
                 _run(group)
 
 
+class _Outcome(asyncio.Future):
+    """A job's result. It cannot be cancelled: a task cancelled while awaiting it is woken when
+    the job is done and raises CancelledError then (asyncio's Task does this when its
+    future refuses to cancel), so a session's state is never touched by two at once."""
+
+    def cancel(self, msg=None) -> bool:
+        return False
+
+
 def _run(jobs: list) -> None:
-    """Run `jobs` in order, then wake each loop once for all of its results."""
+    """Run `jobs` in order, waking each loop once for all the results gathered every
+    HAND_BACK seconds (one wake-up for many jobs keeps the loop's cost per update low; a
+    bounded wait keeps a round of many jobs from holding back the first ones' results)."""
     settled: dict[asyncio.AbstractEventLoop, list] = {}
+    handed = time.monotonic()
     for loop, done, fn, args in jobs:
         try:
             outcome = (True, fn(*args))
         except BaseException as e:   # handed to the caller, raised there
             outcome = (False, e)
         settled.setdefault(loop, []).append((done, outcome))
+        if time.monotonic() - handed > HAND_BACK:
+            _hand_back(settled)
+            settled, handed = {}, time.monotonic()
+    _hand_back(settled)
+
+
+def _hand_back(settled: dict) -> None:
     for loop, results in settled.items():
         try:
             loop.call_soon_threadsafe(_settle, results)
@@ -90,8 +105,6 @@ def _run(jobs: list) -> None:
 
 def _settle(results: list) -> None:
     for done, (ok, value) in results:
-        if done.done():
-            continue
         if ok:
             done.set_result(value)
         else:

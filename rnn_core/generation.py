@@ -11,9 +11,11 @@ import bisect
 import functools
 import itertools
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
+from torch import Tensor
 
 from .cells import layer_param_names
 from .data import Vocab, normalize_prompt
@@ -37,6 +39,44 @@ def predict_ch8(prefix: str, num_preds: int, net: RNNModelScratch, vocab: Vocab,
         y, state = net(get_input(), state)
         outputs.append(int(y.argmax(dim=1).reshape(1)))
     return "".join([vocab.idx_to_token[i] for i in outputs])
+
+
+def _scripted(fn):
+    """`fn` compiled by torch.jit.script at its first call (not at import: start-up stays as
+    it was). torch 2.13 marks TorchScript deprecated, but torch.compile and torch.export offer
+    no call that runs a step's operations with the GIL given up once; the script runs the
+    same ATen kernels in the same order, so the results are bit for bit the eager ones."""
+    @functools.cache
+    def compiled():
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*torch.jit.script", DeprecationWarning)
+            return torch.jit.script(fn)
+
+    @functools.wraps(fn)
+    def call(*args):
+        return compiled()(*args)
+    return call
+
+
+@_scripted
+def rnn_steps(H: Tensor, nxt: Tensor, W_hh: Tensor, W_xh: Tensor, b_h: Tensor, ids: list[int],
+              W_hq: Tensor | None, b_q: Tensor | None, Y: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The book's `rnn` step (§8.5) for each token of `ids`, then (given W_hq) the logits into
+    `Y`; returns the new state and the spare buffer. The same operations in the same order as
+    the book's, so bit for bit the same numbers: tanh((onehot W_xh + H W_hh) + b_h), then
+    H W_hq + b_q; the one-hot product is the row W_xh[idx] exactly (and addition commutes
+    exactly); every result goes into a preallocated buffer (H and `nxt` take turns).
+
+    One TorchScript call for all the steps, because a Python thread running torch operations
+    gives up the GIL in each and must win it back from the server's busy event loop (up to a
+    switch interval each time): one call hands it over twice, not six times per character."""
+    for i in ids:
+        torch.mm(H, W_hh, out=nxt)
+        nxt.add_(W_xh[i]).add_(b_h).tanh_()
+        H, nxt = nxt, H
+    if W_hq is not None and b_q is not None and Y is not None:
+        torch.mm(H, W_hq, out=Y).add_(b_q)
+    return H, nxt
 
 
 class TextStream:
@@ -88,18 +128,21 @@ class TextStream:
     def _step_rnn(self, idx: int, logits: bool = True) -> torch.Tensor | None:
         """Read token `idx`; return the 1-D logits for the next one (a reused buffer).
 
-        The book's `rnn` step (§8.5), the same operations in the same order, so bit for bit
-        the same numbers: tanh((onehot W_xh + H W_hh) + b_h), then H W_hq + b_q. The one-hot
-        product is the row W_xh[idx] exactly (and addition commutes exactly); every result
-        goes into a preallocated buffer, in place where it can.
-        """
-        H = torch.mm(self.state[0], self.W_hh, out=self._next)
-        H.add_(self.rows[0][idx]).add_(self.b_h).tanh_()
-        self._next, self.state = self.state[0], (H,)
+        The book's `rnn` step (§8.5), one TorchScript call (`rnn_steps`)."""
         if not logits:
+            self._read_rnn([idx])
             return None
-        torch.mm(H, self.W_hq, out=self._Y).add_(self.b_q)
+        H, self._next = rnn_steps(self.state[0], self._next, self.W_hh, self.layers[0][0][0],
+                                  self.b_h, [idx], self.W_hq, self.b_q, self._Y)
+        self.state = (H,)
         return self._logits
+
+    def _read_rnn(self, ids: list[int]) -> None:
+        """Read tokens `ids` in one TorchScript call (no logits)."""
+        if ids:
+            H, self._next = rnn_steps(self.state[0], self._next, self.W_hh, self.layers[0][0][0],
+                                      self.b_h, ids, None, None, None)
+            self.state = (H,)
 
     def _step_cells(self, idx: int, logits: bool = True) -> torch.Tensor | None:
         """The same for any cell and depth: the cell's own step (cells.py), layer by layer,
@@ -134,6 +177,11 @@ class TextStream:
 
     def read(self, text: str) -> None:
         """Read `text` as it is (already normalised), one character after the other."""
+        if self._step == self._step_rnn and text:
+            ids = [self.vocab[ch] for ch in text]
+            self._read_rnn(([self.pending] if self.pending is not None else []) + ids[:-1])
+            self.pending = ids[-1]
+            return
         for ch in text:
             if self.pending is not None:
                 self._step(self.pending, logits=False)

@@ -254,11 +254,21 @@ class ChatSession:
         update). Cancelling waits for the step, so the state is never touched by two at once."""
         return await ENGINE.run(fn, *args, bulk=bulk)
 
-    async def read(self, text: str) -> None:
+    async def read(self, text: str, then: Callable | None = None):
         """Read `text` (normalised) into the state, in slices of at most SLICE_WORK; a text
-        longer than one update's work waits behind the streams' updates (bulk)."""
+        longer than one update's work waits behind the streams' updates (bulk). Then `then()`,
+        if given, and its result: in the same job as a short text, so a reply's first
+        characters cost one hand-over (each costs a turn of the busy event loop)."""
         step = max(1, SLICE_WORK // self.num_params)
         bulk = len(text) * self.num_params > UPDATE_WORK
         gen = self.stream()
+        if not bulk and then is not None:
+            return await self.run(_read_then, gen, text, then)
         for i in range(0, len(text), step):
             await self.run(gen.read, text[i:i + step], bulk=bulk)
+        return await self.run(then) if then is not None else None
+
+
+def _read_then(gen: TextStream, text: str, then: Callable):
+    gen.read(text)
+    return then()

@@ -101,32 +101,37 @@ async def stream_reply(session: ChatSession, message: str, settings: Settings,
     state consistent with what was shown. Each update's characters are drawn on the generation
     thread right before it is yielded (so nothing unshown is ever drawn), asked for early by
     that thread's last turnaround so updates keep the pace."""
+    def first_character():   # on the generation thread, right after the message is read
+        chars = session.reply(turn, settings)
+        return chars, _take(chars, 1)
+
+    asked = time.monotonic()
     async with session.lock:
         turn = session.start(message)
         try:
-            await session.read(turn.text_read)
+            chars, sent = await session.read(turn.text_read, then=first_character)
         except BaseException:   # cancelled while reading: as if the message was never sent
             session.undo()
             raise
-        chars = session.reply(turn, settings)
     n = min(settings.length, turn.room)
     per_update = max(1, UPDATE_WORK // session.num_params)   # characters one update may compute
 
     pace.start()
     try:
-        start, sent = time.monotonic(), 0
-        while turn.open and sent < n:
+        start = time.monotonic()
+        while True:
+            shown = time.monotonic()
+            turnaround = shown - asked   # the generation thread's; the next update starts that early
+            yield turn.reply
+            if not turn.open or sent >= n:
+                break
+            await asyncio.sleep(max(0.0, shown + pace.interval() - turnaround - time.monotonic()))
             asked = time.monotonic()
             due = min(int((asked - start) * pace.chars_per_second) + 1, n)
             async with session.lock:   # bounded: a stream behind catches up over updates
                 if not turn.open:
                     break
                 sent += await session.run(_take, chars, min(due - sent, per_update))
-            shown = time.monotonic()
-            turnaround = shown - asked   # the generation thread's; the next update starts that early
-            yield turn.reply
-            if sent < n:
-                await asyncio.sleep(max(0.0, shown + pace.interval() - turnaround - time.monotonic()))
     finally:
         pace.stop()
         turn.open = False
