@@ -126,10 +126,18 @@ def _one_core_per_group(groups: int):
         torch.set_num_threads(threads)
 
 
+def _on_one_core(work: Callable[[int], None], g: int) -> None:
+    """work(g) on a worker thread with one torch thread: torch's thread count is per thread,
+    so the main thread's `torch.set_num_threads(1)` does not reach the pool's threads."""
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    work(g)
+
+
 def _each_group(work: Callable[[int], None], groups: int) -> None:
     """work(g) for every row group g at once: group 0 on this thread, the others on worker
-    threads; the first error is raised once all have finished."""
-    futures = [_pool().submit(work, g) for g in range(1, groups)]
+    threads (each on one torch thread); the first error is raised once all have finished."""
+    futures = [_pool().submit(_on_one_core, work, g) for g in range(1, groups)]
     try:
         work(0)
     finally:

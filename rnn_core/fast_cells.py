@@ -139,7 +139,9 @@ class _GRUKernel(_Kernel):
         self.q_g = [[self.gate(q_t, g) for g in range(3)] for q_t in self.q_t]
         self.dA_g = [[self.gate(d, g) for g in range(3)] for d in self.dA_t]
         self.dA_zr = [d[:, :2 * H] for d in self.dA_t]
-        self.RH_t, self.diff_t = self.RH.unbind(0), self.diff.unbind(0)
+        self.q_zh = [q_t.view(B, 3, H)[:, ::2] for q_t in self.q_t]   # gates z and h, one view
+        self.dA_zh = [d.view(B, 3, H)[:, ::2] for d in self.dA_t]
+        self.RH_t = self.RH.unbind(0)
 
     @staticmethod
     def weights(W_h: list[Tensor]) -> tuple[Tensor, ...]:
@@ -155,9 +157,10 @@ class _GRUKernel(_Kernel):
             Z, R, ht = self.gates_t[t]
             self.zr[t].addmm_(Hs[t], W_hzr).sigmoid_()
             ht.addmm_(torch.mul(R, Hs[t], out=self.RH_t[t]), W_hh).tanh_()
-            torch.addcmul(ht, Z, torch.sub(Hs[t], ht, out=self.diff_t[t]), out=Hs[t + 1])
+            torch.lerp(ht, Hs[t], Z, out=Hs[t + 1])                 # H~ + Z (H - H~)
         Z, R, Ht = (self.gate(self.xw, g) for g in range(3))
         q_z, q_r, q_h = (self.gate(self.q, g) for g in range(3))
+        torch.sub(self.Hs[:-1], Ht, out=self.diff)
         torch.addcmul(self.diff, self.diff, Z, value=-1, out=q_z).mul_(Z)  # (H - H~) Z (1 - Z)
         torch.addcmul(self.RH, self.RH, R, value=-1, out=q_r)              # H R (1 - R)
         torch.addcmul(self.one, Ht, Ht, value=-1, out=q_h).mul_(self.one - Z)  # (1 - Z)(1 - H~^2)
@@ -168,11 +171,10 @@ class _GRUKernel(_Kernel):
         W_hzr_T, W_hh_T = w[2:]
         dH = self._dH_T(dHs, dstate[0])
         for t in range(T - 1, -1, -1):
-            (dA_z, dA_r, dA_h), (q_z, q_r, q_h) = self.dA_g[t], self.q_g[t]
+            (_, dA_r, dA_h), q_r = self.dA_g[t], self.q_g[t][1]
             Z, R, _ = self.gates_t[t]
-            torch.mul(dH, q_h, out=dA_h)
+            torch.mul(dH.unsqueeze(1), self.q_zh[t], out=self.dA_zh[t])  # dA_z, dA_h
             dRH = torch.mm(dA_h, W_hh_T, out=self.dRH)
-            torch.mul(dH, q_z, out=dA_z)
             torch.mul(dRH, q_r, out=dA_r)
             nxt = self._next_dH(t, dHs, self.dA_zr[t], W_hzr_T)
             dH = nxt.addcmul_(dH, Z).addcmul_(dRH, R)
