@@ -262,6 +262,40 @@ def cell_contenders(arch: str, vocab_size: int, num_layers: int) -> dict:
     return out
 
 
+def cell_floor_seconds(arch: str, reps: int = 5) -> float:
+    """Seconds of the matrix products one training minibatch cannot avoid, for one core's
+    share of the batch rows (BATCH / torch threads, each core on its own rows), best of
+    `reps`: per step the recurrent product forward, H (rows x H) times the gates' W_h
+    (H x G*H), and backward, dA times W_h^T; then every W_h gradient over all steps. The
+    input products (one-hot rows) and the output layer are left out, so it is a bound."""
+    G, H = {"gru": 3, "lstm": 4}[arch], CELL_HIDDEN
+    threads = torch.get_num_threads()
+    rows = BATCH // max(1, min(threads, BATCH // 8))
+    h, W = torch.randn(rows, H) * 0.1, torch.randn(H, G * H) * 0.01
+    a, W_T = torch.randn(rows, G * H) * 0.1, W.t().contiguous()
+    Hs, dA = torch.randn(STEPS * rows, H), torch.randn(STEPS * rows, G * H)
+    out_f, out_b, dW = torch.empty(rows, G * H), torch.empty(rows, H), torch.empty(H, G * H)
+
+    def minibatch():
+        for _ in range(STEPS):
+            torch.mm(h, W, out=out_f)
+        for _ in range(STEPS):
+            torch.mm(a, W_T, out=out_b)
+        torch.mm(Hs.t(), dA, out=dW)
+
+    torch.set_num_threads(1)
+    try:
+        minibatch()
+        best = float("inf")
+        for _ in range(reps):
+            start = time.perf_counter()
+            minibatch()
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return best
+
+
 def book_minibatches(args):
     """The book's minibatches (sequential, batch 32, 35 steps) of the first `--max-tokens`
     characters and the vocabulary, or None after a one-line error when the text is missing."""
@@ -290,6 +324,7 @@ def train_cells(args) -> int:
     speeds = {name: [] for name in nets}
     ppl = {}
     names = list(nets)
+    floor = []
     for r in range(args.warmup + args.rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             net, updater, forward = nets[name]
@@ -298,6 +333,11 @@ def train_cells(args) -> int:
                                                forward)
             if r >= args.warmup:
                 speeds[name].append(speed)
+        if r >= args.warmup and args.num_layers == 1:
+            floor.append(BATCH * STEPS / cell_floor_seconds(args.arch))
+    if floor:
+        speeds["floor: products alone"] = floor
+        ppl["floor: products alone"] = float("nan")
     book, concise = list(speeds.values())[:2]
     print(f"\n{'contender':<26} {'tokens/sec: median [min–max]':<36} {'x book':>8} "
           f"{'x concise':>10} {'ppl':>7}")
@@ -308,6 +348,9 @@ def train_cells(args) -> int:
               f"{ppl[name]:>7.2f}")
     print(f"\nfast (auto) chose the {nets['fast (auto)'][2].backend} backend by timing each at "
           "start-up (train.py does the same)")
+    if floor:
+        print("(floor: the recurrent products and W_h's gradient alone, each core on its share "
+              "of the rows, nothing else of a training step: no kernel can beat it)")
     return 0
 
 

@@ -163,7 +163,7 @@ class _GRUKernel(_Kernel):
         torch.sub(self.Hs[:-1], Ht, out=self.diff)
         torch.addcmul(self.diff, self.diff, Z, value=-1, out=q_z).mul_(Z)  # (H - H~) Z (1 - Z)
         torch.addcmul(self.RH, self.RH, R, value=-1, out=q_r)              # H R (1 - R)
-        torch.addcmul(self.one, Ht, Ht, value=-1, out=q_h).mul_(self.one - Z)  # (1 - Z)(1 - H~^2)
+        torch.addcmul(self.one, Ht, Ht, value=-1, out=q_h).addcmul_(q_h, Z, value=-1)  # (1 - Z)(1 - H~^2)
         return (Hs[self.T].clone(),)
 
     def backward(self, dHs: Tensor, dstate: Sequence[Tensor | None], w: tuple[Tensor, ...]):
