@@ -45,6 +45,7 @@ from torch.nn import functional as F
 
 from .fast import (FastRNN, _each_group, _one_core_per_group, _split, keep_freed_memory,
                    row_threads)
+from .generation import _scripted
 from .model import RNNModelScratch
 
 Tensor = torch.Tensor
@@ -122,6 +123,40 @@ class _RNNKernel(_Kernel):
         return self.dA, [torch.mm(H_prev.t(), self.dA.view(-1, self.H))], (dH.clone(),)
 
 
+@_scripted
+def gru_forward_steps(Hs: Tensor, xw: Tensor, RH: Tensor, W_hzr: Tensor, W_hh: Tensor) -> None:
+    """The GRU's steps (see _GRUKernel) in one TorchScript call: two threads' loops then
+    run side by side instead of handing the GIL to each other at every op."""
+    H = Hs.size(2)
+    for t in range(xw.size(0)):
+        zr = xw[t].narrow(1, 0, 2 * H)
+        zr.addmm_(Hs[t], W_hzr).sigmoid_()
+        ht = xw[t].narrow(1, 2 * H, H)
+        ht.addmm_(torch.mul(zr.narrow(1, H, H), Hs[t], out=RH[t]), W_hh).tanh_()
+        torch.lerp(ht, Hs[t], zr.narrow(1, 0, H), out=Hs[t + 1])   # H~ + Z (H - H~)
+
+
+@_scripted
+def gru_backward_steps(dHs: Tensor, q: Tensor, dA: Tensor, xw: Tensor, dRH: Tensor,
+                       dH0: Tensor, W_hzr_T: Tensor, W_hh_T: Tensor) -> Tensor:
+    """The GRU's backward steps (see _GRUKernel.backward) in one TorchScript call; returns
+    the initial state's gradient (in dH0)."""
+    T, B, H = dHs.size(0), dHs.size(1), dHs.size(2)
+    dH = dHs[T - 1]
+    for t in range(T - 1, -1, -1):
+        dA_t, q_t = dA[t], q[t]
+        torch.mul(dH.unsqueeze(1), q_t.view(B, 3, H)[:, ::2],
+                  out=dA_t.view(B, 3, H)[:, ::2])                       # dA_z, dA_h
+        torch.mm(dA_t.narrow(1, 2 * H, H), W_hh_T, out=dRH)
+        torch.mul(dRH, q_t.narrow(1, H, H), out=dA_t.narrow(1, H, H))   # dA_r
+        if t > 0:
+            nxt = dHs[t - 1].addmm_(dA_t.narrow(1, 0, 2 * H), W_hzr_T)
+        else:
+            nxt = torch.mm(dA_t.narrow(1, 0, 2 * H), W_hzr_T, out=dH0)
+        dH = nxt.addcmul_(dH, xw[t].narrow(1, 0, H)).addcmul_(dRH, xw[t].narrow(1, H, H))
+    return dH
+
+
 class _GRUKernel(_Kernel):
     """§9.1: [Z R] = sigmoid(xw_zr + H W_h[zr]); H~ = tanh(xw_h + (R*H) W_hh);
     H = H~ + Z*(H - H~). q = [q_z, q_r, q_h] with dA_z = dH q_z, dA_r = d(RH) q_r,
@@ -134,14 +169,6 @@ class _GRUKernel(_Kernel):
         self.xw = new((T, B, 3 * H))   # [Z R | H~]: input terms, then the gates in place
         self.RH, self.diff = new((T, B, H)), new((T, B, H))
         self.dRH = new((B, H))
-        self.zr = [x_t[:, :2 * H] for x_t in self.xw.unbind(0)]
-        self.gates_t = [[self.gate(x_t, g) for g in range(3)] for x_t in self.xw.unbind(0)]
-        self.q_g = [[self.gate(q_t, g) for g in range(3)] for q_t in self.q_t]
-        self.dA_g = [[self.gate(d, g) for g in range(3)] for d in self.dA_t]
-        self.dA_zr = [d[:, :2 * H] for d in self.dA_t]
-        self.q_zh = [q_t.view(B, 3, H)[:, ::2] for q_t in self.q_t]   # gates z and h, one view
-        self.dA_zh = [d.view(B, 3, H)[:, ::2] for d in self.dA_t]
-        self.RH_t = self.RH.unbind(0)
 
     @staticmethod
     def weights(W_h: list[Tensor]) -> tuple[Tensor, ...]:
@@ -150,34 +177,21 @@ class _GRUKernel(_Kernel):
         return W_hzr, W_hh, W_hzr.t().contiguous(), W_hh.t().contiguous()
 
     def forward(self, state0: Sequence[Tensor], w: tuple[Tensor, ...]):
-        Hs = self.Hs_t
-        Hs[0].copy_(state0[0])
-        W_hzr, W_hh = w[:2]
-        for t in range(self.T):
-            Z, R, ht = self.gates_t[t]
-            self.zr[t].addmm_(Hs[t], W_hzr).sigmoid_()
-            ht.addmm_(torch.mul(R, Hs[t], out=self.RH_t[t]), W_hh).tanh_()
-            torch.lerp(ht, Hs[t], Z, out=Hs[t + 1])                 # H~ + Z (H - H~)
+        self.Hs[0].copy_(state0[0])
+        gru_forward_steps(self.Hs, self.xw, self.RH, *w[:2])
         Z, R, Ht = (self.gate(self.xw, g) for g in range(3))
         q_z, q_r, q_h = (self.gate(self.q, g) for g in range(3))
         torch.sub(self.Hs[:-1], Ht, out=self.diff)
         torch.addcmul(self.diff, self.diff, Z, value=-1, out=q_z).mul_(Z)  # (H - H~) Z (1 - Z)
         torch.addcmul(self.RH, self.RH, R, value=-1, out=q_r)              # H R (1 - R)
         torch.addcmul(self.one, Ht, Ht, value=-1, out=q_h).addcmul_(q_h, Z, value=-1)  # (1 - Z)(1 - H~^2)
-        return (Hs[self.T].clone(),)
+        return (self.Hs[self.T].clone(),)
 
     def backward(self, dHs: Tensor, dstate: Sequence[Tensor | None], w: tuple[Tensor, ...]):
         H, T, B = self.H, self.T, self.B
         W_hzr_T, W_hh_T = w[2:]
-        dH = self._dH_T(dHs, dstate[0])
-        for t in range(T - 1, -1, -1):
-            (_, dA_r, dA_h), q_r = self.dA_g[t], self.q_g[t][1]
-            Z, R, _ = self.gates_t[t]
-            torch.mul(dH.unsqueeze(1), self.q_zh[t], out=self.dA_zh[t])  # dA_z, dA_h
-            dRH = torch.mm(dA_h, W_hh_T, out=self.dRH)
-            torch.mul(dRH, q_r, out=dA_r)
-            nxt = self._next_dH(t, dHs, self.dA_zr[t], W_hzr_T)
-            dH = nxt.addcmul_(dH, Z).addcmul_(dRH, R)
+        self._dH_T(dHs, dstate[0])
+        dH = gru_backward_steps(dHs, self.q, self.dA, self.xw, self.dRH, self.dH, W_hzr_T, W_hh_T)
         flat = self.dA.view(T * B, 3 * H)
         dW_hzr = torch.mm(self.Hs[:T].view(T * B, H).t(), flat[:, :2 * H])
         dW_hh = torch.mm(self.RH.view(T * B, H).t(), flat[:, 2 * H:])
