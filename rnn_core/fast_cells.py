@@ -44,7 +44,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from .fast import (FastRNN, _each_group, _one_core_per_group, _split, keep_freed_memory,
-                   row_threads)
+                   pick_fastest, row_threads)
 from .generation import _scripted
 from .model import RNNModelScratch
 
@@ -517,9 +517,7 @@ def choose_backend(shape: tuple, threads: int) -> str:
     names = candidates(shape[0], shape[6], shape[7])
     if len(names) == 1:
         return names[0]
-    times = time_backends(names, shape)
-    fastest = min(names, key=times.get)
-    return fastest if times[fastest] < 0.95 * times["hand"] else "hand"
+    return pick_fastest(time_backends(names, shape), "hand")
 
 
 # ------------------------------------------------------------------ the drop-in
