@@ -133,6 +133,7 @@ def ceiling_seconds(reps: int = 5) -> float:
 
 
 def best_of(fn, reps: int) -> float:
+    """Seconds of the fastest of `reps` calls of `fn`, after three warm-up calls."""
     for _ in range(3):
         fn()
     best = float("inf")
@@ -285,15 +286,9 @@ def cell_floor_seconds(arch: str, reps: int = 5) -> float:
 
     torch.set_num_threads(1)
     try:
-        minibatch()
-        best = float("inf")
-        for _ in range(reps):
-            start = time.perf_counter()
-            minibatch()
-            best = min(best, time.perf_counter() - start)
+        return best_of(minibatch, reps)
     finally:
         torch.set_num_threads(threads)
-    return best
 
 
 def book_minibatches(args):
