@@ -188,7 +188,7 @@ def _parse_state(meta, tensors: dict[str, torch.Tensor],
                              "steps: a whole number of at least 0}")
         planned_epochs, schedule_steps = schedule["planned_epochs"], schedule["steps"]
     backend = meta.get("backend")  # absent in older files and for the book's kernel
-    if backend is not None and backend not in FAST_BACKENDS:
+    if backend is not None and not (isinstance(backend, str) and backend in FAST_BACKENDS):
         raise ValueError(f"backend must be one of {', '.join(sorted(FAST_BACKENDS))}, "
                          f"got {str(backend)[:40]!r}")
     scalars = meta.get("optim_scalars")
