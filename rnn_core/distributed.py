@@ -189,6 +189,13 @@ def start() -> Group:
     env = {k: int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
                                            "LOCAL_WORLD_SIZE")}
     group = Group(env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"])
+    # torch.distributed.nn binds the default group into its functions' default arguments when
+    # first imported (torch.optim's Adam imports it through torch._dynamo). Imported after the
+    # group exists, it keeps the group and its gloo threads alive past destroy_process_group,
+    # and a gloo thread that frees a collective's tensor while the interpreter shuts down
+    # aborts the process ("terminate called without an active exception"). Imported first,
+    # it binds nothing.
+    import torch.distributed.nn  # noqa: F401
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend, timeout=TIMEOUT)
     atexit.register(group.close)

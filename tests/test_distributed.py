@@ -97,6 +97,33 @@ class RankOne:
         return self.rank0_elapsed
 
 
+LEAVE = """
+import os, sys, torch
+sys.path.insert(0, os.getcwd())
+from rnn_core.distributed import start
+group = start()
+group.sum(1.0)
+p = torch.zeros(2, requires_grad=True)
+p.sum().backward()
+torch.optim.Adam([p]).step()  # imports torch._dynamo, and with it torch.distributed.nn
+group.close()
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print(f"rank {group.rank}: {sorted(names)}")
+"""
+
+
+def test_closing_the_group_stops_its_threads_after_adam(tmp_path):
+    """A gloo thread left running at interpreter shutdown can abort a finished rank (SIGABRT);
+    after `close`, every rank's process has no gloo thread left, even after an Adam step."""
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE)
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--standalone", script])
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
+    assert [line.split(":")[0] for line in lines] == ["rank 0", "rank 1"], proc.stdout
+    assert not any("gloo" in line for line in lines), lines
+
+
 def test_the_schedule_reads_rank_0s_clock():
     net = RNNModelScratch(5, 4)
     updater = make_updater(net, "sgd", 1.0)
