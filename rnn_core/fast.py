@@ -472,31 +472,36 @@ def new_workspace(backend: str, key: tuple) -> SplitWorkspace | FusedWorkspace:
     return SplitWorkspace(*key, row_threads=groups)
 
 
-def time_kernels(backends: list[str], key: tuple, reps: int = 5) -> dict[str, float]:
-    """Seconds of one forward + backward pass of each kernel at this shape on random weights
-    of the book's scale: the median of `reps` after one warm-up, interleaved so that a burst
-    of other load hits all alike (the median, not the fastest: under load it is the typical
-    pass that counts)."""
+def time_kernels(backends: list[str], key: tuple, reps: int = 7) -> dict[str, float]:
+    """Seconds of one training step of the book's model with each kernel at this shape: its
+    forward and backward, then the rest of the step as training runs it (loss, the book's
+    clipping and `sgd`, on the kernel's `rest_of_step` threads), since a kernel that splits
+    the rows runs the rest on one thread. The median of `reps` after one warm-up, the kernels
+    interleaved so that a burst of other load hits all alike (the median, not the fastest:
+    under load it is the typical step that counts). The book's weights for a fixed seed."""
+    from .training import grad_clipping, sgd  # the book's update; training does not import us
+
     T, B, H, V, dtype, device = key
     gen = torch.Generator(device=device).manual_seed(0)
-
-    def new(*shape):
-        return (torch.randn(shape, generator=gen, dtype=dtype, device=device) * 0.01
-                ).requires_grad_(True)
-
-    params = [new(V, H), new(H, H), new(H), new(H, V), new(V)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = RNNModelScratch(V, H).to(device=device, dtype=dtype)
     X = torch.randint(0, V, (B, T), generator=gen, device=device)
+    y = torch.randint(0, V, (T * B,), generator=gen, device=device)
     H0 = torch.zeros(B, H, dtype=dtype, device=device)
     spaces = {b: new_workspace(b, key) for b in backends}
     seconds: dict[str, list[float]] = {b: [] for b in backends}
     for rep in range(reps + 1):
         for b in backends:
-            for p in params:
-                p.grad = None
             start = time.perf_counter()
             with torch.enable_grad():
-                Y, H_T = KERNELS[b].apply(spaces[b], X, H0, *params)
-                (Y.sum() + H_T.sum()).backward()
+                Y, _ = KERNELS[b].apply(spaces[b], X, H0, *net.params)
+                with _one_core_per_group(len(getattr(spaces[b], "rows", ()))):
+                    for p in net.params:
+                        p.grad = None
+                    torch.nn.functional.cross_entropy(Y, y).backward()
+                    grad_clipping(net, 1)
+                    sgd(net.params, 1e-3, 1)
             if rep:
                 seconds[b].append(time.perf_counter() - start)
     return {b: statistics.median(s) for b, s in seconds.items()}
@@ -504,20 +509,20 @@ def time_kernels(backends: list[str], key: tuple, reps: int = 5) -> dict[str, fl
 
 @functools.cache
 def choose_backend(key: tuple, threads: int) -> str:
-    """`auto`'s choice for minibatches of shape `key` with `threads` torch threads: the
-    fastest kernel that applies, measured; `plain` unless another is at least 5% faster."""
+    """`auto`'s choice for minibatches of shape `key` with `threads` torch threads: the kernel
+    whose training step measures fastest; `plain` unless another is at least 5% faster."""
     names = candidates(key)
     if len(names) == 1:
         return names[0]
     return pick_fastest(time_kernels(names, key), "plain")
 
 
-MIN_PASS_SECONDS = 0.002  # shorter passes are mostly fixed costs and timing noise
+MIN_PASS_SECONDS = 0.002  # shorter steps are mostly fixed costs and timing noise
 
 
 def pick_fastest(times: dict[str, float], default: str) -> str:
-    """The fastest of `times` (seconds per pass) when it beats `default` by at least 5%, else
-    `default`; and `default` whenever its pass takes under 2 ms: at such sizes the kernels
+    """The fastest of `times` (seconds per pass or step) when it beats `default` by at least 5%,
+    else `default`; and `default` whenever it takes under 2 ms: at such sizes the kernels
     differ by noise, and keeping the simplest lets separate processes (a resumed run, the
     ranks of torchrun, a run to compare with) compute alike."""
     fastest = min(times, key=times.get)
