@@ -45,16 +45,21 @@ def _scripted(fn):
     """`fn` compiled by torch.jit.script at its first call (not at import: start-up stays as
     it was). torch 2.13 marks TorchScript deprecated, but torch.compile and torch.export offer
     no call that runs a step's operations with the GIL given up once; the script runs the
-    same ATen kernels in the same order, so the results are bit for bit the eager ones."""
+    same ATen kernels in the same order, so the results are bit for bit the eager ones. Where
+    TorchScript is gone or cannot compile `fn`, `fn` itself runs: the same results, slower."""
     @functools.cache
     def compiled():
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*torch.jit.script", DeprecationWarning)
-            return torch.jit.script(fn)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", ".*torch.jit.script", DeprecationWarning)
+                return torch.jit.script(fn)
+        except Exception:  # noqa: BLE001 (any failure: no attribute, a frontend or compile error)
+            return fn
 
     @functools.wraps(fn)
     def call(*args):
         return compiled()(*args)
+    call.compiled = compiled  # the function that runs, compiled at the first call
     return call
 
 

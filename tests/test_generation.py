@@ -37,3 +37,30 @@ def test_cli_refuses_bad_settings_with_the_flag_name(bundled_checkpoint):
                         "--prefix", "time", "--top-k", "-2"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr == "error: --top-k must be a whole number >= 0, got -2\n"
+
+
+def test_without_torchscript_generation_runs_the_same_steps_eagerly(bundled_checkpoint,
+                                                                      monkeypatch):
+    """TorchScript is deprecated in torch 2.13: where `torch.jit.script` is gone or fails, the
+    step runs as plain Python, with the same greedy text and the same sampled text."""
+    import torch
+
+    from rnn_core import generation
+    rnn = CharRNN.load(bundled_checkpoint)
+
+    def texts() -> list[str]:
+        torch.manual_seed(3)
+        return [rnn.generate("time traveller", 60), rnn.generate("the ", 60, 0.8, 5)]
+    scripted = texts()
+    assert generation.rnn_steps.compiled() is not generation.rnn_steps.__wrapped__
+
+    def gone(fn):
+        raise AttributeError("module 'torch.jit' has no attribute 'script'")
+    generation.rnn_steps.compiled.cache_clear()
+    monkeypatch.setattr(torch.jit, "script", gone)
+    try:
+        assert texts() == scripted
+        assert generation.rnn_steps.compiled.cache_info().currsize == 1  # the texts ran it
+        assert generation.rnn_steps.compiled() is generation.rnn_steps.__wrapped__
+    finally:
+        generation.rnn_steps.compiled.cache_clear()  # the next caller compiles again
