@@ -472,39 +472,42 @@ def new_workspace(backend: str, key: tuple) -> SplitWorkspace | FusedWorkspace:
     return SplitWorkspace(*key, row_threads=groups)
 
 
-def time_kernels(backends: list[str], key: tuple, reps: int = 7) -> dict[str, float]:
-    """Seconds of one training step of the book's model with each kernel at this shape: its
-    forward and backward, then the rest of the step as training runs it (loss, the book's
-    clipping and `sgd`, on the kernel's `rest_of_step` threads), since a kernel that splits
-    the rows runs the rest on one thread. The median of `reps` after one warm-up, the kernels
-    interleaved so that a burst of other load hits all alike (the median, not the fastest:
-    under load it is the typical step that counts). The book's weights for a fixed seed."""
+def time_steps(net: RNNModelScratch, forwards: dict, X: torch.Tensor, y: torch.Tensor,
+               state: tuple[torch.Tensor, ...], reps: int = 7) -> dict[str, float]:
+    """Seconds of one training step of `net` with each of `forwards` (name -> a drop-in for
+    `net(X, state)`, such as `FastRNN`): the forward and backward, then the rest of the step as
+    training runs it (loss, the book's clipping and `sgd`, on the drop-in's `rest_of_step`
+    threads, since a kernel that splits the rows runs the rest on one thread). The median of
+    `reps` after one warm-up, interleaved so that a burst of other load hits all alike (the
+    median, not the fastest: under load it is the typical step that counts)."""
     from .training import grad_clipping, sgd  # the book's update; training does not import us
 
-    T, B, H, V, dtype, device = key
-    gen = torch.Generator(device=device).manual_seed(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = RNNModelScratch(V, H).to(device=device, dtype=dtype)
-    X = torch.randint(0, V, (B, T), generator=gen, device=device)
-    y = torch.randint(0, V, (T * B,), generator=gen, device=device)
-    H0 = torch.zeros(B, H, dtype=dtype, device=device)
-    spaces = {b: new_workspace(b, key) for b in backends}
-    seconds: dict[str, list[float]] = {b: [] for b in backends}
+    seconds: dict[str, list[float]] = {name: [] for name in forwards}
     for rep in range(reps + 1):
-        for b in backends:
+        for name, forward in forwards.items():
             start = time.perf_counter()
             with torch.enable_grad():
-                Y, _ = KERNELS[b].apply(spaces[b], X, H0, *net.params)
-                with _one_core_per_group(len(getattr(spaces[b], "rows", ()))):
-                    for p in net.params:
-                        p.grad = None
+                Y, _ = forward(X, state)
+                with forward.rest_of_step():
+                    net.zero_grad(set_to_none=True)
                     torch.nn.functional.cross_entropy(Y, y).backward()
                     grad_clipping(net, 1)
                     sgd(net.params, 1e-3, 1)
             if rep:
-                seconds[b].append(time.perf_counter() - start)
-    return {b: statistics.median(s) for b, s in seconds.items()}
+                seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in seconds.items()}
+
+
+def book_model(V: int, H: int, B: int, T: int, dtype: torch.dtype, device: torch.device,
+               **cell) -> tuple[RNNModelScratch, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The book's model (vocabulary V, H hidden units, `cell`: arch, num_layers) on its
+    initial weights for seed 0, a minibatch of B x T token ids, T * B labels and the zero
+    state: what the choosers time. Leaves the caller's random stream alone."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        net = RNNModelScratch(V, H, **cell).to(device=device, dtype=dtype)
+        X, y = torch.randint(0, V, (B, T), device=device), torch.randint(0, V, (T * B,), device=device)
+    return net, X, y, tuple(s.to(dtype) for s in net.begin_state(B, device))
 
 
 @functools.cache
@@ -514,7 +517,10 @@ def choose_backend(key: tuple, threads: int) -> str:
     names = candidates(key)
     if len(names) == 1:
         return names[0]
-    return pick_fastest(time_kernels(names, key), "plain")
+    T, B, H, V, dtype, device = key
+    net, X, y, state = book_model(V, H, B, T, dtype, device)
+    return pick_fastest(time_steps(net, {b: FastRNN(net, b) for b in names}, X, y, state),
+                        "plain")
 
 
 MIN_PASS_SECONDS = 0.002  # shorter steps are mostly fixed costs and timing noise

@@ -34,8 +34,6 @@ The single-layer §8.5 RNN without dropout has its own, faster kernel: fast.Fast
 from __future__ import annotations
 
 import functools
-import statistics
-import time
 from collections.abc import Sequence
 
 import torch
@@ -43,8 +41,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from .fast import (FastRNN, _each_group, _one_core_per_group, _split, keep_freed_memory,
-                   pick_fastest, row_threads)
+from .fast import (FastRNN, _each_group, _one_core_per_group, _split, book_model,
+                   keep_freed_memory, pick_fastest, row_threads, time_steps)
 from .generation import _scripted
 from .model import RNNModelScratch
 
@@ -483,41 +481,17 @@ def candidates(arch: str, dtype: torch.dtype, device: torch.device) -> list[str]
     return [b for b in BACKENDS[1:] if backend_fits(b, arch, dtype, device)]
 
 
-def time_backends(backends: list[str], shape: tuple, reps: int = 5) -> dict[str, float]:
-    """Seconds of one forward + backward pass of each backend at `shape` = (arch, layers,
-    steps, batch, H, V, dtype, device), on the book's initial weights: the median of `reps`
-    after one warm-up, interleaved so that a burst of other load hits all alike."""
-    arch, layers, T, B, H, V, dtype, device = shape
-    fork = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork):  # leaves the caller's random stream alone
-        torch.manual_seed(0)
-        net = RNNModelScratch(V, H, arch=arch, num_layers=layers).to(device=device, dtype=dtype)
-        X = torch.randint(0, V, (B, T), device=device)
-    state = net.begin_state(B, device)
-    state = tuple(s.to(dtype) for s in state)
-    runs = {b: FastCells(net, b) for b in backends}
-    seconds: dict[str, list[float]] = {b: [] for b in backends}
-    for rep in range(reps + 1):
-        for b, run in runs.items():
-            net.zero_grad(set_to_none=True)
-            start = time.perf_counter()
-            with torch.enable_grad():
-                Y, new_state = run(X, state)
-                with run.rest_of_step():
-                    (Y.sum() + sum(s.sum() for s in new_state)).backward()
-            if rep:
-                seconds[b].append(time.perf_counter() - start)
-    return {b: statistics.median(s) for b, s in seconds.items()}
-
-
 @functools.cache
 def choose_backend(shape: tuple, threads: int) -> str:
     """`auto`'s choice for minibatches of `shape` with `threads` torch threads: the fastest
     backend that applies, measured; `hand` unless another is at least 5% faster."""
-    names = candidates(shape[0], shape[6], shape[7])
+    arch, layers, T, B, H, V, dtype, device = shape
+    names = candidates(arch, dtype, device)
     if len(names) == 1:
         return names[0]
-    return pick_fastest(time_backends(names, shape), "hand")
+    net, X, y, state = book_model(V, H, B, T, dtype, device, arch=arch, num_layers=layers)
+    return pick_fastest(time_steps(net, {b: FastCells(net, b) for b in names}, X, y, state),
+                        "hand")
 
 
 # ------------------------------------------------------------------ the drop-in

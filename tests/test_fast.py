@@ -203,11 +203,12 @@ def test_auto_keeps_the_kernel_that_measures_fastest(monkeypatch, fresh_choice, 
     """The choice is made by timing the kernels at the minibatch's shape, once per shape."""
     calls = []
 
-    def timed(backends, key, reps=3):
-        calls.append((backends, key))
-        return {b: ms[b] / 1e3 for b in backends}
+    def timed(net, forwards, X, y, state, reps=3):
+        calls.append((list(forwards), (X.shape[1], X.shape[0], net.num_hiddens, net.vocab_size)))
+        assert [f.requested for f in forwards.values()] == list(forwards)
+        return {b: ms[b] / 1e3 for b in forwards}
     monkeypatch.setattr(fast, "candidates", lambda key: ["plain", "rows", "onednn"])
-    monkeypatch.setattr(fast, "time_kernels", timed)
+    monkeypatch.setattr(fast, "time_steps", timed)
     net = RNNModelScratch(28, 32)
     f = FastRNN(net)
     for _ in range(2):
@@ -224,7 +225,8 @@ def test_the_real_timing_runs_every_kernel_that_applies_and_picks_one(fresh_choi
     names = ["plain", "batched", "rows"] + (["onednn"] if onednn_available() else [])
     assert fast.candidates(f.ws.key) == names
     assert f.backend in names
-    times = fast.time_kernels(names, f.ws.key, reps=1)
+    net, X, y, state = fast.book_model(28, 32, 16, 5, torch.float32, torch.device("cpu"))
+    times = fast.time_steps(net, {b: FastRNN(net, b) for b in names}, X, y, state, reps=1)
     assert set(times) == set(names) and all(0 < t < 10 for t in times.values())
 
 
@@ -298,7 +300,7 @@ def test_rows_kernel_splits_the_batch_across_threads_and_restores_torchs_threads
                          ids=["float64", "vocabulary larger than hidden"])
 def test_auto_uses_the_split_kernel_where_the_fused_one_does_not_fit(monkeypatch, fresh_choice,
                                                                       net):
-    monkeypatch.setattr(fast, "time_kernels", lambda *a: pytest.fail("nothing to time"))
+    monkeypatch.setattr(fast, "time_steps", lambda *a: pytest.fail("nothing to time"))
     f = FastRNN(net)
     V = net.vocab_size
     f(torch.randint(0, V, (3, 4)), net.begin_state(3))
