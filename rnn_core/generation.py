@@ -7,9 +7,7 @@ replaced by the row of W_x it selects (exact: the other terms are zeros).
 """
 from __future__ import annotations
 
-import bisect
 import functools
-import itertools
 import math
 import warnings
 from collections.abc import Iterator, Sequence
@@ -63,9 +61,8 @@ def _scripted(fn):
     return call
 
 
-@_scripted
-def rnn_steps(H: Tensor, nxt: Tensor, W_hh: Tensor, W_xh: Tensor, b_h: Tensor, ids: list[int],
-              W_hq: Tensor | None, b_q: Tensor | None, Y: Tensor | None) -> tuple[Tensor, Tensor]:
+def _rnn_steps(H: Tensor, nxt: Tensor, W_hh: Tensor, W_xh: Tensor, b_h: Tensor, ids: list[int],
+               W_hq: Tensor | None, b_q: Tensor | None, Y: Tensor | None) -> tuple[Tensor, Tensor]:
     """The book's `rnn` step (§8.5) for each token of `ids`, then (given W_hq) the logits into
     `Y`; returns the new state and the spare buffer. The same operations in the same order as
     the book's, so bit for bit the same numbers: tanh((onehot W_xh + H W_hh) + b_h), then
@@ -82,6 +79,74 @@ def rnn_steps(H: Tensor, nxt: Tensor, W_hh: Tensor, W_xh: Tensor, b_h: Tensor, i
     if W_hq is not None and b_q is not None and Y is not None:
         torch.mm(H, W_hq, out=Y).add_(b_q)
     return H, nxt
+
+
+def _sampling_weights(logits: Tensor, temperature: float, top_k: int
+                      ) -> tuple[list[int], list[float]]:
+    """The sampler's distribution over the next token: candidate ids (the `top_k` largest
+    logits, most likely first, ties in vocabulary order, or every id in vocabulary order) and
+    their cumulative weights exp((z - max) / temperature), i.e. softmax(z / temperature)
+    unnormalised, summed left to right in double precision.
+
+    `<unk>` (index 0) stands for no character and is never a candidate, so sampled text reads
+    back as the tokens that were read (at temperature 2 the bundled model would otherwise draw
+    it about once in 8,000 characters). Scalar arithmetic on a few dozen logits (C's `exp`,
+    as Python's math.exp), so the weights are the same wherever they are computed."""
+    z: list[float] = logits.tolist()
+    if 0 < top_k < len(z) - 1:
+        ids: list[int] = (torch.sort(logits[1:], descending=True, stable=True)[1][:top_k]
+                          + 1).tolist()
+    else:
+        ids = [i for i in range(1, len(z))]
+    top = z[ids[0]]
+    for i in ids:
+        top = max(top, z[i])
+    cumulative: list[float] = []
+    total = 0.0
+    for i in ids:
+        total = total + math.exp((z[i] - top) / temperature)
+        cumulative.append(total)
+    return ids, cumulative
+
+
+def _draw(logits: Tensor, u: float, temperature: float, top_k: int) -> int:
+    """The token whose cumulative weight first exceeds u × the total (u uniform in [0, 1))."""
+    ids, cumulative = _sampling_weights(logits, temperature, top_k)
+    x = u * cumulative[-1]
+    lo, hi = 0, len(cumulative)
+    while lo < hi:   # bisect_right
+        mid = (lo + hi) // 2
+        if x < cumulative[mid]:
+            hi = mid
+        else:
+            lo = mid + 1
+    return ids[lo]
+
+
+def _rnn_draw(H: Tensor, nxt: Tensor, W_hh: Tensor, W_xh: Tensor, b_h: Tensor, W_hq: Tensor,
+              b_q: Tensor, Y: Tensor, idx: int, n: int, temperature: float, top_k: int,
+              rng: torch.Generator | None) -> tuple[Tensor, Tensor, list[int]]:
+    """`n` characters after reading token `idx`, each read before the next is drawn, as `pick`
+    draws them (argmax, or one uniform number from `rng` per character, the n drawn at
+    once: the same numbers in the same order); returns the state, the spare buffer and the
+    drawn ids (the last not yet read). One TorchScript call for a whole update of a stream:
+    the generation thread hands the GIL over once, and its Python work per character (the
+    sampler, the bookkeeping) no longer competes with the event loop for the GIL."""
+    uniforms: list[float] = torch.rand([n], generator=rng).tolist() if temperature > 0 else []
+    drawn: list[int] = []
+    for j in range(n):
+        H, nxt = _rnn_steps(H, nxt, W_hh, W_xh, b_h, [idx], W_hq, b_q, Y)
+        logits = Y.view(-1)
+        idx = int(logits.argmax()) if temperature <= 0 else _draw(logits, uniforms[j],
+                                                                  temperature, top_k)
+        drawn.append(idx)
+    return H, nxt, drawn
+
+
+rnn_steps = _scripted(_rnn_steps)
+rnn_draw = _scripted(_rnn_draw)
+draw = _scripted(_draw)
+sampling_weights = _scripted(_sampling_weights)
 
 
 class TextStream:
@@ -200,12 +265,30 @@ class TextStream:
         restricted to the `top_k` most likely tokens when top_k > 0.
         """
         check_generation_settings(num_preds, temperature, top_k)
+        for _ in range(num_preds):
+            yield self.draw(1, temperature, top_k, rng)
+
+    def draw(self, n: int, temperature: float = 0.0, top_k: int = 0,
+             rng: torch.Generator | None = None) -> str:
+        """The next `n` characters at once, exactly as `generate` yields them (settings checked
+        by the caller): for the one-layer RNN one TorchScript call (`rnn_draw`), for the
+        other cells a step and `pick` each."""
         if self.pending is None:
             raise ValueError("feed some text before generating; the model needs a first character")
-        for _ in range(num_preds):
-            logits = self._step(self.pending)
-            self.pending = pick(logits, temperature, top_k, rng)
-            yield self.vocab.idx_to_token[self.pending]
+        if n <= 0:
+            return ""
+        if self._step == self._step_rnn:
+            H, self._next, ids = rnn_draw(self.state[0], self._next, self.W_hh,
+                                          self.layers[0][0][0], self.b_h, self.W_hq, self.b_q,
+                                          self._Y, self.pending, n, float(temperature),
+                                          int(top_k), rng)
+            self.state, self.pending = (H,), ids[-1]
+        else:
+            ids = []
+            for _ in range(n):
+                self.pending = pick(self._step(self.pending), temperature, top_k, rng)
+                ids.append(self.pending)
+        return "".join(self.vocab.idx_to_token[i] for i in ids)
 
 
 class SettingsError(SettingError):
@@ -232,30 +315,18 @@ def check_generation_settings(num_preds, temperature, top_k) -> None:
 def candidates(logits: torch.Tensor, temperature: float, top_k: int
                ) -> tuple[Sequence[int], list[float]]:
     """The sampler's distribution over the next token, as `pick` draws from it: candidate ids
-    (`top_k` largest logits, most likely first, or every id in vocabulary order) and their
-    cumulative weights exp((z - max) / temperature), i.e. softmax(z / temperature) unnormalised.
-
-    `<unk>` (index 0) stands for no character and is never a candidate, so sampled text reads
-    back as the tokens that were read (at temperature 2 the bundled model would otherwise draw
-    it about once in 8,000 characters). On a few dozen logits plain Python is several times
-    faster than a chain of tiny tensor ops (bench/generation_latency.py)."""
-    z = logits.tolist()
-    ids = range(1, len(z))
-    if 0 < top_k < len(ids):
-        ids = sorted(ids, key=z.__getitem__, reverse=True)[:top_k]
-    top = max(z[i] for i in ids)
-    return ids, list(itertools.accumulate(math.exp((z[i] - top) / temperature) for i in ids))
+    and their cumulative weights (`_sampling_weights`, the one rule, also run inside
+    `rnn_draw`)."""
+    return sampling_weights(logits, float(temperature), int(top_k))
 
 
 def pick(logits: torch.Tensor, temperature: float, top_k: int,
          rng: torch.Generator | None = None) -> int:
     """Choose the next token id from 1-D logits: argmax (temperature 0), or one uniform number
-    from `rng` found among the cumulative weights of `candidates`."""
+    from `rng` found among the cumulative weights of `candidates` (`_draw`)."""
     if temperature <= 0:
         return int(logits.argmax())
-    ids, cumulative = candidates(logits, temperature, top_k)
-    u = float(torch.rand((), generator=rng)) * cumulative[-1]
-    return ids[bisect.bisect_right(cumulative, u)]
+    return draw(logits, float(torch.rand((), generator=rng)), float(temperature), int(top_k))
 
 
 def generate_text(net: RNNModelScratch, vocab: Vocab, prefix: str, num_preds: int,

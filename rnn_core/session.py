@@ -77,6 +77,29 @@ class Turn:
         return self.sep + self.text
 
 
+class Reply:
+    """A reply's characters as they are drawn: `take(k)` draws up to k more in one call (a
+    stream's whole update, one TorchScript call for the RNN) and records them in the turn;
+    iterating draws them one at a time. Nothing is drawn once the turn is closed or has all
+    it wanted."""
+
+    def __init__(self, turn: Turn, gen: TextStream, settings: Settings, rng: torch.Generator):
+        self.turn, self.gen, self.settings, self.rng = turn, gen, settings, rng
+
+    def take(self, k: int) -> int:
+        """Draw up to `k` characters; how many came (0: the reply is over)."""
+        turn = self.turn
+        k = min(k, turn.wanted - len(turn.reply)) if turn.open else 0
+        if k <= 0:
+            return 0
+        turn.reply += self.gen.draw(k, self.settings.temperature, self.settings.top_k, self.rng)
+        return k
+
+    def __iter__(self) -> Iterator[str]:
+        while self.take(1):
+            yield self.turn.reply[-1]
+
+
 class ChatSession:
     """One visitor's conversation: a model, the hidden state that has read the transcript,
     and the turns (kept for undo and retry). Use it from one event loop; `lock` orders the
@@ -163,25 +186,16 @@ class ChatSession:
         self.turns.append(turn)
         return turn
 
-    def reply(self, turn: Turn, settings: Settings) -> Iterator[str]:
-        """Generate up to `settings.length` characters into `turn` (fewer if the transcript
-        would pass its limit), one at a time, each recorded in the transcript as it is
-        produced; nothing more once the turn is closed. The turn records its settings and
-        the seeded character generator is set up now, before the first character is asked for."""
+    def reply(self, turn: Turn, settings: Settings) -> "Reply":
+        """Start drawing up to `settings.length` characters into `turn` (fewer if the
+        transcript would pass its limit), each recorded in the transcript as it is drawn;
+        nothing more once the turn is closed. The turn records its settings and the seeded
+        character generator is set up now, before the first character is asked for."""
         n = min(settings.length, turn.room)
         turn.settings, turn.wanted = settings, n
         if settings.seed is not None:
             self.rng.manual_seed(settings.seed)
-        chars = self.stream().generate(n, settings.temperature, settings.top_k, self.rng)
-
-        def recorded():
-            while turn.open:
-                ch = next(chars, None)
-                if ch is None:
-                    return
-                turn.reply += ch
-                yield ch
-        return recorded()
+        return Reply(turn, self.stream(), settings, self.rng)
 
     # ------------------------------------------------------------ step mode
 

@@ -4,7 +4,6 @@ server so its update rate stays bounded."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -88,11 +87,6 @@ async def read_text(session: ChatSession, text: str) -> Turn:
     return turn
 
 
-def _take(chars: Iterator[str], n: int) -> int:
-    """Draw up to `n` characters of a reply (each recorded as it is drawn); how many came."""
-    return sum(1 for _ in itertools.islice(chars, n))
-
-
 async def stream_reply(session: ChatSession, message: str, settings: Settings,
                        pace: Pace = PACE) -> AsyncIterator[str]:
     """Read `message` into the session and stream the reply: yields the reply so far (each a
@@ -103,7 +97,7 @@ async def stream_reply(session: ChatSession, message: str, settings: Settings,
     that thread's last turnaround so updates keep the pace."""
     def first_character():   # on the generation thread, right after the message is read
         chars = session.reply(turn, settings)
-        return chars, _take(chars, 1)
+        return chars, chars.take(1)
 
     asked = time.monotonic()
     async with session.lock:
@@ -131,7 +125,7 @@ async def stream_reply(session: ChatSession, message: str, settings: Settings,
             async with session.lock:   # bounded: a stream behind catches up over updates
                 if not turn.open:
                     break
-                sent += await session.run(_take, chars, min(due - sent, per_update))
+                sent += await session.run(chars.take, min(due - sent, per_update))
     finally:
         pace.stop()
         turn.open = False
