@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 
 HAND_BACK = 0.002   # seconds of finished jobs' results gathered into one wake-up of a loop
+TOGETHER = 16       # waiting jobs of one kind run in one call (`together`), at most this many
 
 
 class Engine:
@@ -31,7 +32,14 @@ class Engine:
     awaits a job's result. Urgent jobs (the default) all run before the next bulk one. A job
     is waited for even when its caller is cancelled (`_Outcome`), so a session's state is
     never touched by two at once. A result costs its loop two turns (the hand-back, then the
-    caller's wake-up), each as long as everything else the loop has to do at that moment."""
+    caller's wake-up), each as long as everything else the loop has to do at that moment.
+
+    Jobs given `together` (a function of a list of jobs' args returning their results in
+    order, each exactly `fn(*args)`) run in groups: up to TOGETHER such jobs waiting one after
+    the other make one call. A job that calls into torch gives the GIL up and must win it
+    back from the busy event loop, up to a switch interval each time; a group waits once for
+    all (the streams' updates of a round: `session.take_each`). A group that raises gives the
+    error to each of its callers."""
 
     def __init__(self, name: str = "generation"):
         self.name = name
@@ -40,12 +48,12 @@ class Engine:
         self.ready = threading.Condition()
         self.thread: threading.Thread | None = None
 
-    async def run(self, fn: Callable, *args, bulk: bool = False):
+    async def run(self, fn: Callable, *args, bulk: bool = False, together: Callable | None = None):
         loop = asyncio.get_running_loop()
         done = _Outcome(loop=loop)
         with self.ready:
             self._ensure_thread()
-            (self.bulk if bulk else self.urgent).append((loop, done, fn, args))
+            (self.bulk if bulk else self.urgent).append((loop, done, fn, args, together))
             self.ready.notify()
         return await done
 
@@ -78,21 +86,39 @@ class _Outcome(asyncio.Future):
 
 
 def _run(jobs: list) -> None:
-    """Run `jobs` in order, waking each loop once for all the results gathered every
-    HAND_BACK seconds (one wake-up for many jobs keeps the loop's cost per update low; a
-    bounded wait keeps a round of many jobs from holding back the first ones' results)."""
+    """Run `jobs` in order (consecutive ones with the same `together` in groups), waking each
+    loop once for all the results gathered every HAND_BACK seconds (one wake-up for many jobs
+    keeps the loop's cost per update low; a bounded wait keeps a round of many jobs from
+    holding back the first ones' results)."""
     settled: dict[asyncio.AbstractEventLoop, list] = {}
     handed = time.monotonic()
-    for loop, done, fn, args in jobs:
+    i = 0
+    while i < len(jobs):
+        group = _group(jobs, i)
         try:
-            outcome = (True, fn(*args))
-        except BaseException as e:   # handed to the caller, raised there
-            outcome = (False, e)
-        settled.setdefault(loop, []).append((done, outcome))
+            together = group[0][4]
+            if together is None:
+                outcomes = [(True, group[0][2](*group[0][3]))]
+            else:
+                outcomes = [(True, result) for result in together([job[3] for job in group])]
+        except BaseException as e:   # handed to the callers, raised there
+            outcomes = [(False, e)] * len(group)
+        for (loop, done, *_), outcome in zip(group, outcomes):
+            settled.setdefault(loop, []).append((done, outcome))
+        i += len(group)
         if time.monotonic() - handed > HAND_BACK:
             _hand_back(settled)
             settled, handed = {}, time.monotonic()
     _hand_back(settled)
+
+
+def _group(jobs: list, i: int) -> list:
+    """Job `i` and the jobs right after it that run together with it (TOGETHER at most)."""
+    together, end = jobs[i][4], i + 1
+    if together is not None:
+        while end < len(jobs) and end - i < TOGETHER and jobs[end][4] is together:
+            end += 1
+    return jobs[i:end]
 
 
 def _hand_back(settled: dict) -> None:

@@ -97,7 +97,7 @@ def _sampling_weights(logits: Tensor, temperature: float, top_k: int
         ids: list[int] = (torch.sort(logits[1:], descending=True, stable=True)[1][:top_k]
                           + 1).tolist()
     else:
-        ids = [i for i in range(1, len(z))]
+        ids = list(range(1, len(z)))
     top = z[ids[0]]
     for i in ids:
         top = max(top, z[i])
@@ -129,9 +129,9 @@ def _rnn_draw(H: Tensor, nxt: Tensor, W_hh: Tensor, W_xh: Tensor, b_h: Tensor, W
     """`n` characters after reading token `idx`, each read before the next is drawn, as `pick`
     draws them (argmax, or one uniform number from `rng` per character, the n drawn at
     once: the same numbers in the same order); returns the state, the spare buffer and the
-    drawn ids (the last not yet read). One TorchScript call for a whole update of a stream:
-    the generation thread hands the GIL over once, and its Python work per character (the
-    sampler, the bookkeeping) no longer competes with the event loop for the GIL."""
+    drawn ids (the last not yet read). Run inside TorchScript (`rnn_draw_each`), so the
+    generation thread's work per character (the steps, the sampler, the bookkeeping) neither
+    holds the GIL nor waits to win it back from the event loop after every operation."""
     uniforms: list[float] = torch.rand([n], generator=rng).tolist() if temperature > 0 else []
     drawn: list[int] = []
     for j in range(n):
@@ -143,8 +143,23 @@ def _rnn_draw(H: Tensor, nxt: Tensor, W_hh: Tensor, W_xh: Tensor, b_h: Tensor, W
     return H, nxt, drawn
 
 
+def _rnn_draw_each(Hs: list[Tensor], nxts: list[Tensor], W_hhs: list[Tensor],
+                   W_xhs: list[Tensor], b_hs: list[Tensor], W_hqs: list[Tensor],
+                   b_qs: list[Tensor], Ys: list[Tensor], idxs: list[int], ns: list[int],
+                   temperatures: list[float], top_ks: list[int],
+                   rngs: list[torch.Generator | None]) -> list[tuple[Tensor, Tensor, list[int]]]:
+    """`_rnn_draw` for several streams, one after the other (each its own batch-1 steps, so
+    each exactly as alone), in one TorchScript call: one GIL hand-over for a whole round of
+    streams' updates on the generation thread."""
+    drawn: list[tuple[Tensor, Tensor, list[int]]] = []
+    for j in range(len(Hs)):
+        drawn.append(_rnn_draw(Hs[j], nxts[j], W_hhs[j], W_xhs[j], b_hs[j], W_hqs[j], b_qs[j],
+                               Ys[j], idxs[j], ns[j], temperatures[j], top_ks[j], rngs[j]))
+    return drawn
+
+
 rnn_steps = _scripted(_rnn_steps)
-rnn_draw = _scripted(_rnn_draw)
+rnn_draw_each = _scripted(_rnn_draw_each)
 draw = _scripted(_draw)
 sampling_weights = _scripted(_sampling_weights)
 
@@ -271,24 +286,43 @@ class TextStream:
     def draw(self, n: int, temperature: float = 0.0, top_k: int = 0,
              rng: torch.Generator | None = None) -> str:
         """The next `n` characters at once, exactly as `generate` yields them (settings checked
-        by the caller): for the one-layer RNN one TorchScript call (`rnn_draw`), for the
-        other cells a step and `pick` each."""
-        if self.pending is None:
-            raise ValueError("feed some text before generating; the model needs a first character")
-        if n <= 0:
-            return ""
-        if self._step == self._step_rnn:
-            H, self._next, ids = rnn_draw(self.state[0], self._next, self.W_hh,
-                                          self.layers[0][0][0], self.b_h, self.W_hq, self.b_q,
-                                          self._Y, self.pending, n, float(temperature),
-                                          int(top_k), rng)
-            self.state, self.pending = (H,), ids[-1]
-        else:
+        by the caller); see `draw_each`."""
+        return draw_each([(self, n, temperature, top_k, rng)])[0]
+
+    def _text(self, ids: list[int]) -> str:
+        return "".join(self.vocab.idx_to_token[i] for i in ids)
+
+
+def draw_each(draws: Sequence[tuple[TextStream, int, float, int, torch.Generator | None]]
+              ) -> list[str]:
+    """`draw(n, temperature, top_k, rng)` for each of several different streams, each exactly
+    as alone: the one-layer RNN streams' in one TorchScript call (`rnn_draw_each`: their
+    steps, the sampler and their uniform numbers, with the GIL handed over once), the
+    others' a step and `pick` per character."""
+    if any(gen.pending is None for gen, *_ in draws):
+        raise ValueError("feed some text before generating; the model needs a first character")
+    if len({id(gen) for gen, *_ in draws}) < len(draws):   # one stream twice: in turn
+        return [text for d in draws for text in draw_each([d])]
+    texts = [""] * len(draws)
+    scripted = []
+    for j, (gen, n, temperature, top_k, rng) in enumerate(draws):
+        if n > 0 and gen._step == gen._step_rnn:
+            scripted.append(j)
+        elif n > 0:
             ids = []
             for _ in range(n):
-                self.pending = pick(self._step(self.pending), temperature, top_k, rng)
-                ids.append(self.pending)
-        return "".join(self.vocab.idx_to_token[i] for i in ids)
+                gen.pending = pick(gen._step(gen.pending), temperature, top_k, rng)
+                ids.append(gen.pending)
+            texts[j] = gen._text(ids)
+    if scripted:
+        args = [(gen.state[0], gen._next, gen.W_hh, gen.layers[0][0][0], gen.b_h, gen.W_hq,
+                 gen.b_q, gen._Y, gen.pending, n, float(temperature), int(top_k), rng)
+                for gen, n, temperature, top_k, rng in (draws[j] for j in scripted)]
+        for j, (H, nxt, ids) in zip(scripted, rnn_draw_each(*map(list, zip(*args)))):
+            gen = draws[j][0]
+            gen.state, gen._next, gen.pending = (H,), nxt, ids[-1]
+            texts[j] = gen._text(ids)
+    return texts
 
 
 class SettingsError(SettingError):
@@ -316,7 +350,7 @@ def candidates(logits: torch.Tensor, temperature: float, top_k: int
                ) -> tuple[Sequence[int], list[float]]:
     """The sampler's distribution over the next token, as `pick` draws from it: candidate ids
     and their cumulative weights (`_sampling_weights`, the one rule, also run inside
-    `rnn_draw`)."""
+    `rnn_draw_each`)."""
     return sampling_weights(logits, float(temperature), int(top_k))
 
 

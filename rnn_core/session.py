@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import os
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from .checkpoint import Checkpoint
 from .engine import ENGINE
-from .generation import TextStream, pick
+from .generation import TextStream, draw_each, pick
 from .validation import (MAX_LENGTH, ChatError, Settings, check_message, read_as)
 
 MAX_TURNS = 200              # per conversation, so a session's memory stays bounded
@@ -88,16 +88,23 @@ class Reply:
 
     def take(self, k: int) -> int:
         """Draw up to `k` characters; how many came (0: the reply is over)."""
-        turn = self.turn
-        k = min(k, turn.wanted - len(turn.reply)) if turn.open else 0
-        if k <= 0:
-            return 0
-        turn.reply += self.gen.draw(k, self.settings.temperature, self.settings.top_k, self.rng)
-        return k
+        return take_each([(self, k)])[0]
 
     def __iter__(self) -> Iterator[str]:
         while self.take(1):
             yield self.turn.reply[-1]
+
+
+def take_each(takes: Sequence[tuple[Reply, int]]) -> list[int]:
+    """`reply.take(k)` for each of several sessions' replies in one call (`draw_each`): a round
+    of streams' updates on the generation thread (engine.py, `together`)."""
+    counts = [max(0, min(k, r.turn.wanted - len(r.turn.reply))) if r.turn.open else 0
+              for r, k in takes]
+    texts = draw_each([(r.gen, n, r.settings.temperature, r.settings.top_k, r.rng)
+                       for (r, _), n in zip(takes, counts)])
+    for (r, _), text in zip(takes, texts):
+        r.turn.reply += text
+    return counts
 
 
 class ChatSession:
@@ -186,7 +193,7 @@ class ChatSession:
         self.turns.append(turn)
         return turn
 
-    def reply(self, turn: Turn, settings: Settings) -> "Reply":
+    def reply(self, turn: Turn, settings: Settings) -> Reply:
         """Start drawing up to `settings.length` characters into `turn` (fewer if the
         transcript would pass its limit), each recorded in the transcript as it is drawn;
         nothing more once the turn is closed. The turn records its settings and the seeded
@@ -262,11 +269,12 @@ class ChatSession:
         self._stream, self.position = None, turn.before
         return turn
 
-    async def run(self, fn: Callable, *args, bulk: bool = False):
+    async def run(self, fn: Callable, *args, bulk: bool = False, together: Callable | None = None):
         """fn(*args) on this session's state, on the generation thread, so no session's step
         ever holds up the event loop the others stream through (`bulk`: after every waiting
-        update). Cancelling waits for the step, so the state is never touched by two at once."""
-        return await ENGINE.run(fn, *args, bulk=bulk)
+        update; `together`: see Engine). Cancelling waits for the step, so the state is never
+        touched by two at once."""
+        return await ENGINE.run(fn, *args, bulk=bulk, together=together)
 
     async def read(self, text: str, then: Callable | None = None):
         """Read `text` (normalised) into the state, in slices of at most SLICE_WORK; a text

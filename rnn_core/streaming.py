@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from .session import UPDATE_WORK, ChatSession, Turn
+from .session import UPDATE_WORK, ChatSession, Reply, Turn, take_each
 from .validation import ChatError, Settings
 
 
@@ -125,7 +125,8 @@ async def stream_reply(session: ChatSession, message: str, settings: Settings,
             async with session.lock:   # bounded: a stream behind catches up over updates
                 if not turn.open:
                     break
-                sent += await session.run(chars.take, min(due - sent, per_update))
+                sent += await session.run(Reply.take, chars, min(due - sent, per_update),
+                                         together=take_each)
     finally:
         pace.stop()
         turn.open = False

@@ -7,7 +7,10 @@ which models a visitor may load, and property tests on arbitrary text and settin
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import math
+import random
 import time
 
 import pytest
@@ -24,7 +27,8 @@ from bench.conversations import continuation
 from rnn_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from rnn_core.config import CheckpointConfig
 from rnn_core.data import load_corpus, normalize_prompt
-from rnn_core.generation import predict_ch8
+from rnn_core.generation import (TextStream, candidates, draw_each, generate_text, pick,
+                                  predict_ch8)
 from rnn_core.model import RNNModelScratch
 
 FAST = Pace(chars_per_second=1e9, min_interval=0.0, max_interval=0.0)
@@ -208,6 +212,91 @@ def test_updates_wait_for_one_slice_of_long_reads_at_most():
     asyncio.run(flood())
     assert order[:5] == ["first", "update 0", "update 1", "update 2", "read 0"]
     assert order[5:] == [f"read {i}" for i in range(1, 10)]   # bulk work in order, never dropped
+
+
+def test_waiting_jobs_of_one_kind_run_together_each_caller_getting_its_result():
+    engine, calls = Engine("test-generation"), []
+
+    def alone(x):
+        calls.append(x)
+        return -x
+
+    def together(args):
+        calls.append([x for (x,) in args])
+        if 13 in calls[-1]:
+            raise ZeroDivisionError
+        return [-x for (x,) in args]
+
+    async def flood():
+        blocker = asyncio.ensure_future(engine.run(time.sleep, 0.1))
+        await asyncio.sleep(0.02)   # the thread is busy: everything below waits in one round
+        jobs = [engine.run(alone, x, together=together) for x in range(20)]
+        jobs += [engine.run(alone, 99), engine.run(alone, 100, together=together)]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        await blocker
+        return results
+
+    results = asyncio.run(flood())
+    assert calls == [list(range(16)), list(range(16, 20)), 99, [100]]
+    assert [type(r) for r in results[:16]] == [ZeroDivisionError] * 16   # a group's error: each
+    assert results[16:] == [-16, -17, -18, -19, -99, -100]
+
+
+def _draw_alone(ckpt, prefix, n, temperature, top_k, seed):
+    return generate_text(ckpt.net, ckpt.vocab, prefix, n, ckpt.normalization, temperature, top_k,
+                         seed)[len(prefix):]
+
+
+def test_many_streams_drawn_in_one_call_get_what_each_gets_alone(bundled):
+    """A round of updates (draw_each: one TorchScript call for the RNN streams) gives every
+    stream exactly its own reply: greedy the book's predict_ch8, sampled the seeded reply."""
+    gru = memory_checkpoint(BOOK_TEXT, "book")
+    torch.manual_seed(5)
+    gru.net = RNNModelScratch(len(gru.vocab), 16, arch="gru").eval().requires_grad_(False)
+    runs = [(ckpt, prefix, temperature, top_k, seed)
+            for ckpt in (bundled, BOOK, gru)
+            for prefix, temperature, top_k, seed in (("the time", 0.0, 0, 0), ("we", 0.9, 0, 11),
+                                                     ("machine", 1.6, 5, 12), ("he said", 1.0, 1, 13))]
+    n, rng = 90, random.Random(0)
+    streams, drawn, left = [], [""] * len(runs), [n] * len(runs)
+    for ckpt, prefix, *_ in runs:
+        streams.append(TextStream(ckpt.net, ckpt.vocab, ckpt.normalization))
+        streams[-1].feed(prefix)
+    rngs = [torch.Generator().manual_seed(seed) for *_, seed in runs]
+    while any(left):   # rounds of uneven updates, some streams idle
+        ks = [min(rng.randint(0, 6), k) for k in left]
+        left = [k - d for k, d in zip(left, ks)]
+        texts = draw_each([(s, k, t, top_k, g) for s, k, (_, _, t, top_k, _), g
+                           in zip(streams, ks, runs, rngs)])
+        drawn = [d + text for d, text in zip(drawn, texts)]
+    assert drawn == [_draw_alone(ckpt, prefix, n, t, k, seed) for ckpt, prefix, t, k, seed in runs]
+    assert drawn[0] == greedy_continuation(bundled, "the time", n)
+
+
+def test_the_sampler_is_the_rule_written_in_python():
+    """`candidates` and `pick` (TorchScript, run inside the generation thread's calls) equal
+    the rule stated in plain Python: every id but <unk>, or the top_k largest logits (ties in
+    vocabulary order), weights exp((z - max) / T) summed left to right, one uniform number."""
+    def rule(logits, temperature, top_k, u):
+        z = logits.tolist()
+        ids = range(1, len(z))
+        if 0 < top_k < len(ids):
+            ids = sorted(ids, key=z.__getitem__, reverse=True)[:top_k]
+        top = max(z[i] for i in ids)
+        cumulative = list(itertools.accumulate(math.exp((z[i] - top) / temperature) for i in ids))
+        return list(ids), cumulative, ids[bisect.bisect_right(cumulative, u * cumulative[-1])]
+
+    rng = random.Random(1)
+    for _ in range(400):
+        size = rng.choice([2, 3, 28, 65])
+        logits = torch.randn(size) * rng.choice([0.1, 1.0, 8.0])
+        logits[rng.randrange(size)] = logits[rng.randrange(size)]   # ties
+        temperature, top_k = rng.choice([0.05, 0.7, 1.0, 2.0]), rng.choice([0, 1, 2, 5, size - 1, 99])
+        seed = rng.randrange(1 << 30)
+        u = float(torch.rand((), generator=torch.Generator().manual_seed(seed)))
+        ids, cumulative, chosen = rule(logits, temperature, top_k, u)
+        assert candidates(logits, temperature, top_k) == (ids, cumulative)
+        assert pick(logits, temperature, top_k, torch.Generator().manual_seed(seed)) == chosen
 
 
 def test_new_chat_and_undo_rewind_the_state():
