@@ -56,11 +56,16 @@ def test_without_torchscript_generation_runs_the_same_steps_eagerly(bundled_chec
 
     def gone(fn):
         raise AttributeError("module 'torch.jit' has no attribute 'script'")
-    generation.rnn_steps.compiled.cache_clear()
+    every = (generation.rnn_steps, generation.rnn_draw_each, generation.draw,
+             generation.sampling_weights)
+    for fn in every:
+        fn.compiled.cache_clear()
     monkeypatch.setattr(torch.jit, "script", gone)
     try:
         assert texts() == scripted
         assert generation.rnn_steps.compiled.cache_info().currsize == 1  # the texts ran it
         assert generation.rnn_steps.compiled() is generation.rnn_steps.__wrapped__
+        assert generation.rnn_draw_each.compiled() is generation.rnn_draw_each.__wrapped__
     finally:
-        generation.rnn_steps.compiled.cache_clear()  # the next caller compiles again
+        for fn in every:
+            fn.compiled.cache_clear()  # the next caller compiles again
