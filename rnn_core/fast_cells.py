@@ -86,6 +86,10 @@ class _Kernel:
         """Gates g .. g+k-1 of (..., G*H) `x`, a view."""
         return x[..., g * self.H:(g + k) * self.H]
 
+    def steps(self, x: Tensor, g: int, k: int = 1) -> list[Tensor]:
+        """Per step, gates g .. g+k-1 of (T, B, G*H) `x`: views, made once for the loops."""
+        return [self.gate(x_t, g, k) for x_t in x.unbind(0)]
+
     def _dH_T(self, dHs: Tensor, dH_T: Tensor | None) -> Tensor:
         return dHs[-1].add_(dH_T) if dH_T is not None else dHs[-1]
 
@@ -122,36 +126,35 @@ class _RNNKernel(_Kernel):
 
 
 @_scripted
-def gru_forward_steps(Hs: Tensor, xw: Tensor, RH: Tensor, W_hzr: Tensor, W_hh: Tensor) -> None:
+def gru_forward_steps(Hs: list[Tensor], ZR: list[Tensor], Z: list[Tensor], R: list[Tensor],
+                      Ht: list[Tensor], RH: list[Tensor], W_hzr: Tensor, W_hh: Tensor) -> None:
     """The GRU's steps (see _GRUKernel) in one TorchScript call: two threads' loops then
-    run side by side instead of handing the GIL to each other at every op."""
-    H = Hs.size(2)
-    for t in range(xw.size(0)):
-        zr = xw[t].narrow(1, 0, 2 * H)
-        zr.addmm_(Hs[t], W_hzr).sigmoid_()
-        ht = xw[t].narrow(1, 2 * H, H)
-        ht.addmm_(torch.mul(zr.narrow(1, H, H), Hs[t], out=RH[t]), W_hh).tanh_()
-        torch.lerp(ht, Hs[t], zr.narrow(1, 0, H), out=Hs[t + 1])   # H~ + Z (H - H~)
+    run side by side instead of handing the GIL to each other at every op. Every argument
+    but the weights is a list of per-step views (made once: no view op inside the loop)."""
+    for t in range(len(ZR)):
+        ZR[t].addmm_(Hs[t], W_hzr).sigmoid_()
+        Ht[t].addmm_(torch.mul(R[t], Hs[t], out=RH[t]), W_hh).tanh_()
+        torch.lerp(Ht[t], Hs[t], Z[t], out=Hs[t + 1])   # H~ + Z (H - H~)
 
 
 @_scripted
-def gru_backward_steps(dHs: Tensor, q: Tensor, dA: Tensor, xw: Tensor, dRH: Tensor,
+def gru_backward_steps(dHs: list[Tensor], dA_zh: list[Tensor], q_zh: list[Tensor],
+                       dA_h: list[Tensor], dA_r: list[Tensor], q_r: list[Tensor],
+                       dA_zr: list[Tensor], Z: list[Tensor], R: list[Tensor], dRH: Tensor,
                        dH0: Tensor, W_hzr_T: Tensor, W_hh_T: Tensor) -> Tensor:
     """The GRU's backward steps (see _GRUKernel.backward) in one TorchScript call; returns
     the initial state's gradient (in dH0)."""
-    T, B, H = dHs.size(0), dHs.size(1), dHs.size(2)
+    T = len(dHs)
     dH = dHs[T - 1]
     for t in range(T - 1, -1, -1):
-        dA_t, q_t = dA[t], q[t]
-        torch.mul(dH.unsqueeze(1), q_t.view(B, 3, H)[:, ::2],
-                  out=dA_t.view(B, 3, H)[:, ::2])                       # dA_z, dA_h
-        torch.mm(dA_t.narrow(1, 2 * H, H), W_hh_T, out=dRH)
-        torch.mul(dRH, q_t.narrow(1, H, H), out=dA_t.narrow(1, H, H))   # dA_r
+        torch.mul(dH.unsqueeze(1), q_zh[t], out=dA_zh[t])    # dA_z, dA_h
+        torch.mm(dA_h[t], W_hh_T, out=dRH)
+        torch.mul(dRH, q_r[t], out=dA_r[t])
         if t > 0:
-            nxt = dHs[t - 1].addmm_(dA_t.narrow(1, 0, 2 * H), W_hzr_T)
+            nxt = dHs[t - 1].addmm_(dA_zr[t], W_hzr_T)
         else:
-            nxt = torch.mm(dA_t.narrow(1, 0, 2 * H), W_hzr_T, out=dH0)
-        dH = nxt.addcmul_(dH, xw[t].narrow(1, 0, H)).addcmul_(dRH, xw[t].narrow(1, H, H))
+            nxt = torch.mm(dA_zr[t], W_hzr_T, out=dH0)
+        dH = nxt.addcmul_(dH, Z[t]).addcmul_(dRH, R[t])
     return dH
 
 
@@ -167,6 +170,13 @@ class _GRUKernel(_Kernel):
         self.xw = new((T, B, 3 * H))   # [Z R | H~]: input terms, then the gates in place
         self.RH, self.diff = new((T, B, H)), new((T, B, H))
         self.dRH = new((B, H))
+        xw, dA, q = self.xw, self.dA, self.q
+        self.Z, self.R = self.steps(xw, 0), self.steps(xw, 1)
+        self.forward_views = (list(self.Hs_t), self.steps(xw, 0, 2), self.Z, self.R,
+                              self.steps(xw, 2), list(self.RH.unbind(0)))
+        zh = [list(x.view(T, B, 3, H)[:, :, ::2].unbind(0)) for x in (dA, q)]   # gates z, h
+        self.backward_views = (*zh, self.steps(dA, 2), self.steps(dA, 1), self.steps(q, 1),
+                               self.steps(dA, 0, 2), self.Z, self.R)
 
     @staticmethod
     def weights(W_h: list[Tensor]) -> tuple[Tensor, ...]:
@@ -176,7 +186,7 @@ class _GRUKernel(_Kernel):
 
     def forward(self, state0: Sequence[Tensor], w: tuple[Tensor, ...]):
         self.Hs[0].copy_(state0[0])
-        gru_forward_steps(self.Hs, self.xw, self.RH, *w[:2])
+        gru_forward_steps(*self.forward_views, *w[:2])
         Z, R, Ht = (self.gate(self.xw, g) for g in range(3))
         q_z, q_r, q_h = (self.gate(self.q, g) for g in range(3))
         torch.sub(self.Hs[:-1], Ht, out=self.diff)
@@ -189,11 +199,49 @@ class _GRUKernel(_Kernel):
         H, T, B = self.H, self.T, self.B
         W_hzr_T, W_hh_T = w[2:]
         self._dH_T(dHs, dstate[0])
-        dH = gru_backward_steps(dHs, self.q, self.dA, self.xw, self.dRH, self.dH, W_hzr_T, W_hh_T)
+        dH = gru_backward_steps(list(dHs.unbind(0)), *self.backward_views, self.dRH, self.dH,
+                                W_hzr_T, W_hh_T)
         flat = self.dA.view(T * B, 3 * H)
         dW_hzr = torch.mm(self.Hs[:T].view(T * B, H).t(), flat[:, :2 * H])
         dW_hh = torch.mm(self.RH.view(T * B, H).t(), flat[:, 2 * H:])
         return self.dA, [dW_hzr[:, :H], dW_hzr[:, H:], dW_hh], (dH.clone(),)
+
+
+@_scripted
+def lstm_forward_steps(Hs: list[Tensor], Cs: list[Tensor], X: list[Tensor], IFO: list[Tensor],
+                       I: list[Tensor], F: list[Tensor], O: list[Tensor], Ct: list[Tensor],
+                       IC: list[Tensor], tanhC: list[Tensor], W: Tensor) -> None:
+    """The LSTM's steps (see _LSTMKernel) in one TorchScript call, as the GRU's."""
+    for t in range(len(X)):
+        X[t].addmm_(Hs[t], W)
+        IFO[t].sigmoid_()
+        ic = torch.mul(I[t], Ct[t].tanh_(), out=IC[t])
+        C = torch.addcmul(ic, F[t], Cs[t], out=Cs[t + 1])
+        torch.mul(O[t], torch.tanh(C, out=tanhC[t]), out=Hs[t + 1])
+
+
+@_scripted
+def lstm_backward_steps(dHs: list[Tensor], dA: list[Tensor], dA_if: list[Tensor],
+                        q_if: list[Tensor], dA_o: list[Tensor], q_o: list[Tensor],
+                        dA_c: list[Tensor], q_c: list[Tensor], q_cc: list[Tensor],
+                        F: list[Tensor], dC: Tensor, dH0: Tensor, W_T: Tensor) -> Tensor:
+    """The LSTM's backward steps (see _LSTMKernel.backward) in one TorchScript call; `dC`
+    holds the final C's gradient and ends as the initial one's; returns the initial H's
+    gradient (in dH0)."""
+    T = len(dHs)
+    dH = dHs[T - 1]
+    dC_if = dC.unsqueeze(1)   # dC against gates i and f side by side
+    for t in range(T - 1, -1, -1):
+        dC.addcmul_(dH, q_cc[t])
+        torch.mul(dC_if, q_if[t], out=dA_if[t])
+        torch.mul(dH, q_o[t], out=dA_o[t])
+        torch.mul(dC, q_c[t], out=dA_c[t])
+        dC.mul_(F[t])
+        if t > 0:
+            dH = dHs[t - 1].addmm_(dA[t], W_T)
+        else:
+            dH = torch.mm(dA[t], W_T, out=dH0)
+    return dH
 
 
 class _LSTMKernel(_Kernel):
@@ -209,27 +257,21 @@ class _LSTMKernel(_Kernel):
         self.Cs = new((T + 1, B, H))
         self.IC, self.tanhC, self.q_cc = new((T, B, H)), new((T, B, H)), new((T, B, H))
         self.dC = new((B, H))
-        self.gates_t = [[self.gate(x_t, g) for g in range(4)] for x_t in self.xw.unbind(0)]
-        self.ifo = [x_t[:, :3 * H] for x_t in self.xw.unbind(0)]
-        self.q_g = [[self.gate(q_t, g) for g in range(4)] for q_t in self.q_t]
-        self.dA_g = [[self.gate(d, g) for g in range(4)] for d in self.dA_t]
-        self.q_if = [q_t[:, :2 * H].view(B, 2, H) for q_t in self.q_t]
-        self.dA_if = [d[:, :2 * H].view(B, 2, H) for d in self.dA_t]
-        self.Cs_t, self.IC_t = self.Cs.unbind(0), self.IC.unbind(0)
-        self.tanhC_t, self.q_cc_t = self.tanhC.unbind(0), self.q_cc.unbind(0)
+        xw, dA, q = self.xw, self.dA, self.q
+        F = self.steps(xw, 1)
+        self.forward_views = (list(self.Hs_t), list(self.Cs.unbind(0)), list(xw.unbind(0)),
+                              self.steps(xw, 0, 3), self.steps(xw, 0), F, self.steps(xw, 2),
+                              self.steps(xw, 3), list(self.IC.unbind(0)),
+                              list(self.tanhC.unbind(0)))
+        if_ = [[x[:, :2 * H].view(B, 2, H) for x in d.unbind(0)] for d in (dA, q)]  # gates i, f
+        self.backward_views = (list(self.dA_t), *if_, self.steps(dA, 2), self.steps(q, 2),
+                               self.steps(dA, 3), self.steps(q, 3), list(self.q_cc.unbind(0)),
+                               F)
 
     def forward(self, state0: Sequence[Tensor], w: tuple[Tensor, Tensor]):
-        Hs, Cs = self.Hs_t, self.Cs_t
-        Hs[0].copy_(state0[0])
-        Cs[0].copy_(state0[1])
-        W = w[0]
-        for t in range(self.T):
-            I, F, O, Ct = self.gates_t[t]
-            self.xw[t].addmm_(Hs[t], W)
-            self.ifo[t].sigmoid_()
-            IC = torch.mul(I, Ct.tanh_(), out=self.IC_t[t])
-            C = torch.addcmul(IC, F, Cs[t], out=Cs[t + 1])
-            torch.mul(O, torch.tanh(C, out=self.tanhC_t[t]), out=Hs[t + 1])
+        self.Hs[0].copy_(state0[0])
+        self.Cs[0].copy_(state0[1])
+        lstm_forward_steps(*self.forward_views, w[0])
         I, F, O, Ct = (self.gate(self.xw, g) for g in range(4))
         q_i, q_f, q_o, q_c = (self.gate(self.q, g) for g in range(4))
         h, IC, tc = self.Hs[1:], self.IC, self.tanhC
@@ -239,20 +281,13 @@ class _LSTMKernel(_Kernel):
         torch.addcmul(h, h, O, value=-1, out=q_o)                       # tanh(C) O (1 - O)
         torch.addcmul(I, IC, Ct, value=-1, out=q_c)                     # I (1 - C~^2)
         torch.addcmul(O, h, tc, value=-1, out=self.q_cc)                # O (1 - tanh(C)^2)
-        return Hs[self.T].clone(), Cs[self.T].clone()
+        return self.Hs[self.T].clone(), self.Cs[self.T].clone()
 
     def backward(self, dHs: Tensor, dstate: Sequence[Tensor | None], w: tuple[Tensor, Tensor]):
         H, T, B = self.H, self.T, self.B
-        dH = self._dH_T(dHs, dstate[0])
+        self._dH_T(dHs, dstate[0])
         dC = self.dC.zero_() if dstate[1] is None else self.dC.copy_(dstate[1])
-        for t in range(T - 1, -1, -1):
-            (_, _, dA_o, dA_c), (_, _, q_o, q_c) = self.dA_g[t], self.q_g[t]
-            dC.addcmul_(dH, self.q_cc_t[t])
-            torch.mul(dC.unsqueeze(1), self.q_if[t], out=self.dA_if[t])
-            torch.mul(dH, q_o, out=dA_o)
-            torch.mul(dC, q_c, out=dA_c)
-            dC.mul_(self.gates_t[t][1])
-            dH = self._next_dH(t, dHs, self.dA_t[t], w[1])
+        dH = lstm_backward_steps(list(dHs.unbind(0)), *self.backward_views, dC, self.dH, w[1])
         dW = torch.mm(self.Hs[:T].view(T * B, H).t(), self.dA.view(T * B, 4 * H))
         return self.dA, [dW[:, k * H:(k + 1) * H] for k in range(4)], (dH.clone(), dC.clone())
 
