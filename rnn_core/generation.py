@@ -280,8 +280,11 @@ class TextStream:
         restricted to the `top_k` most likely tokens when top_k > 0.
         """
         check_generation_settings(num_preds, temperature, top_k)
-        for _ in range(num_preds):
-            yield self.draw(1, temperature, top_k, rng)
+        if self.pending is None:
+            raise ValueError("feed some text before generating; the model needs a first character")
+        for _ in range(num_preds):   # one step and `pick` a character: `draw(1)` costs more
+            self.pending = pick(self._step(self.pending), temperature, top_k, rng)
+            yield self.vocab.idx_to_token[self.pending]
 
     def draw(self, n: int, temperature: float = 0.0, top_k: int = 0,
              rng: torch.Generator | None = None) -> str:

@@ -85,25 +85,28 @@ class Reply:
 
     def __init__(self, turn: Turn, gen: TextStream, settings: Settings, rng: torch.Generator):
         self.turn, self.gen, self.settings, self.rng = turn, gen, settings, rng
+        self.drawn = 0   # tokens drawn (a token may be longer than one character: "<unk>")
 
     def take(self, k: int) -> int:
-        """Draw up to `k` characters; how many came (0: the reply is over)."""
+        """Draw up to `k` tokens (characters); how many came (0: the reply is over)."""
         return take_each([(self, k)])[0]
 
     def __iter__(self) -> Iterator[str]:
+        shown = len(self.turn.reply)
         while self.take(1):
-            yield self.turn.reply[-1]
+            yield self.turn.reply[shown:]
+            shown = len(self.turn.reply)
 
 
 def take_each(takes: Sequence[tuple[Reply, int]]) -> list[int]:
     """`reply.take(k)` for each of several sessions' replies in one call (`draw_each`): a round
     of streams' updates on the generation thread (engine.py, `together`)."""
-    counts = [max(0, min(k, r.turn.wanted - len(r.turn.reply))) if r.turn.open else 0
-              for r, k in takes]
+    counts = [max(0, min(k, r.turn.wanted - r.drawn)) if r.turn.open else 0 for r, k in takes]
     texts = draw_each([(r.gen, n, r.settings.temperature, r.settings.top_k, r.rng)
                        for (r, _), n in zip(takes, counts)])
-    for (r, _), text in zip(takes, texts):
+    for (r, _), n, text in zip(takes, counts, texts):
         r.turn.reply += text
+        r.drawn += n
     return counts
 
 

@@ -273,6 +273,18 @@ def test_many_streams_drawn_in_one_call_get_what_each_gets_alone(bundled):
     assert drawn[0] == greedy_continuation(bundled, "the time", n)
 
 
+def test_a_greedy_reply_of_unk_tokens_still_ends_after_its_length():
+    """A greedy model may choose <unk> (5 characters as text): the reply ends after `length`
+    tokens, however long its text."""
+    unk = memory_checkpoint(BOOK_TEXT, "book")
+    with torch.no_grad():
+        unk.net.b_q[0] = 1e6   # argmax is always <unk>
+    session = ChatSession(unk)
+    reply = turn(session, "time", Settings(7, 0.0, 0))
+    assert reply == "<unk>" * 7
+    assert session.transcript == "time" + reply
+
+
 def test_the_sampler_is_the_rule_written_in_python():
     """`candidates` and `pick` (TorchScript, run inside the generation thread's calls) equal
     the rule stated in plain Python: every id but <unk>, or the top_k largest logits (ties in
