@@ -14,7 +14,8 @@ from rnn_core.data import (SeqDataLoader, Vocab, load_corpus, normalize_prompt, 
                            read_text, seq_data_iter_random, seq_data_iter_sequential)
 from rnn_core.generation import TextStream, generate_text, predict_ch8
 from rnn_core.model import RNNModelScratch
-from rnn_core.training import grad_clipping, make_updater, sgd, train_ch8, train_epoch_ch8
+from rnn_core.training import (clip_and_sgd, grad_clipping, make_updater, sgd, train_ch8,
+                               train_epoch_ch8)
 
 BOOK_ORDER = ["<unk>", " ", "e", "t", "a", "i", "n", "o", "s", "h", "r", "d", "l", "m", "u",
               "c", "f", "w", "g", "y", "p", "b", "v", "k", "x", "z", "j", "q"]
@@ -134,6 +135,25 @@ def test_grad_clipping_scales_to_theta_and_leaves_small_gradients():
     assert net.W_xh.grad.flatten().tolist() == pytest.approx([0.6, 0.8])
     grad_clipping(net, 1)  # norm now 1: not > theta, untouched
     assert net.W_xh.grad.flatten().tolist() == pytest.approx([0.6, 0.8])
+
+
+@pytest.mark.parametrize("scale", [10.0, 0.01])  # clipped, and left alone
+def test_clip_and_sgd_is_grad_clipping_then_sgd(scale):
+    """The fast kernels' update: the book's clipping and sgd (to rounding), grads dropped."""
+    torch.manual_seed(0)
+    nets = [RNNModelScratch(5, 4), RNNModelScratch(5, 4)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    for p, q in zip(nets[0].params, nets[1].params):
+        p.grad = torch.randn_like(p) * scale
+        q.grad = p.grad.clone()
+    before = nets[1].W_xh.detach().clone()
+    grad_clipping(nets[0], 1)
+    sgd(nets[0].params, lr=0.5, batch_size=1)
+    clip_and_sgd(nets[1].params, 1, 0.5)
+    for p, q in zip(nets[0].params, nets[1].params):
+        torch.testing.assert_close(q.detach(), p.detach(), rtol=1e-6, atol=1e-7)
+        assert q.grad is None
+    assert not torch.equal(nets[1].W_xh.detach(), before)
 
 
 def test_sgd_update_is_the_books(d2l):
