@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+from rnn_core.choices import ISA_LIMITS, cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,17 +27,6 @@ def book_text() -> Path:
         return local
     from rnn_core.data import download_time_machine
     return download_time_machine()
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or platform's guess elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info() -> str:
@@ -52,8 +43,6 @@ def machine_info() -> str:
             f"{torch.backends.cpu.get_cpu_capability()}, ISA limits: {isa_limits()}")
 
 
-ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
-              "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS")
 _KERNEL_ISAS = r"""
 import torch
 x = torch.randn(64, 64)

@@ -39,8 +39,8 @@ below do the book's arithmetic, arranged for the CPU (each choice measured, benc
 Which is fastest depends on the CPU and on what else runs, not only on the instruction set:
 on the AMD Zen 5 we measured oneDNN's product was twice MKL's, on an Intel Xeon MKL's was
 faster, under AVX-512 and AVX2 alike. So `auto` times one minibatch of each kernel that
-applies, at the real shape, the first time a shape is seen (cached per process), and keeps
-the fastest.
+applies, at the real shape, the first time a shape is seen on the machine, and keeps the
+fastest (remembered for later runs: choices.py).
 """
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ from collections.abc import Callable
 
 import torch
 
+from .choices import remembered
 from .model import RNNModelScratch
 
 BACKENDS = ("auto", "plain", "batched", "rows", "onednn")
@@ -513,14 +514,18 @@ def book_model(V: int, H: int, B: int, T: int, dtype: torch.dtype, device: torch
 @functools.cache
 def choose_backend(key: tuple, threads: int) -> str:
     """`auto`'s choice for minibatches of shape `key` with `threads` torch threads: the kernel
-    whose training step measures fastest; `plain` unless another is at least 5% faster."""
+    whose training step measures fastest, `plain` unless another is at least 5% faster;
+    timed once per machine (choices.py)."""
     names = candidates(key)
     if len(names) == 1:
         return names[0]
     T, B, H, V, dtype, device = key
-    net, X, y, state = book_model(V, H, B, T, dtype, device)
-    return pick_fastest(time_steps(net, {b: FastRNN(net, b) for b in names}, X, y, state),
-                        "plain")
+
+    def measure() -> str:
+        net, X, y, state = book_model(V, H, B, T, dtype, device)
+        return pick_fastest(time_steps(net, {b: FastRNN(net, b) for b in names}, X, y, state),
+                            "plain")
+    return remembered("rnn", key, threads, device, names, measure)
 
 
 MIN_PASS_SECONDS = 0.002  # shorter steps are mostly fixed costs and timing noise

@@ -22,11 +22,11 @@ Plain torch ops (torch.mm / addmm, MKL or oneBLAS underneath), so it runs on any
 dtype: the `hand` backend.
 
 The LSTM has a second backend, `onednn`: the book's §9.2 cell is exactly nn.LSTM's (its gate
-blocks ordered i, f, g, o), so each layer runs through oneDNN's fused LSTM primitive, the one
-nn.LSTM uses on a CPU, called through `torch.func.functional_call` with the book's parameters
-rearranged (autograd carries the gradients back through the concatenations). The layers are
-run one by one so that the dropout between them stays ours (the same masks). float32 on CPU.
-`auto` (the default) times each backend that applies at the real shape, once per process,
+blocks ordered i, f, g, o), so each layer runs through oneDNN's fused LSTM primitive: the
+op nn.LSTM.forward calls (`torch.lstm`), given the book's parameters rearranged into its
+layout (autograd carries the gradients back through the concatenations). The layers are run
+one by one so that the dropout between them stays ours (the same masks). float32 on CPU.
+`auto` (the default) times each backend that applies at the real shape, once per machine,
 and keeps the fastest, as fast.FastRNN does.
 
 The single-layer §8.5 RNN without dropout has its own, faster kernel: fast.FastRNN.
@@ -37,10 +37,9 @@ import functools
 from collections.abc import Sequence
 
 import torch
-from torch import nn
-from torch.func import functional_call
 from torch.nn import functional as F
 
+from .choices import remembered
 from .fast import (FastRNN, _each_group, _one_core_per_group, _split, book_model,
                    keep_freed_memory, pick_fastest, row_threads, time_steps)
 from .generation import _scripted
@@ -448,39 +447,33 @@ LSTM_BLOCKS = (0, 1, 3, 2)   # the book's gates i, f, o, c in nn.LSTM's block or
 
 
 def lstm_layer_params(W_x: Sequence[Tensor], W_h: Sequence[Tensor], b: Sequence[Tensor]
-                      ) -> dict[str, Tensor]:
-    """One layer of the book's LSTM as a one-layer nn.LSTM's parameters: the gates stacked
-    in nn.LSTM's order, transposed to its (4H, inputs) layout; the book's one bias per gate
-    in bias_ih, zeros in bias_hh."""
+                      ) -> list[Tensor]:
+    """One layer of the book's LSTM as nn.LSTM's parameters (weight_ih, weight_hh, bias_ih,
+    bias_hh): the gates stacked in nn.LSTM's order, transposed to its (4H, inputs) layout; the
+    book's one bias per gate in bias_ih, zeros in bias_hh."""
     b_ih = torch.cat([b[g] for g in LSTM_BLOCKS])
-    return {"weight_ih_l0": torch.cat([W_x[g].t() for g in LSTM_BLOCKS]),
-            "weight_hh_l0": torch.cat([W_h[g].t() for g in LSTM_BLOCKS]),
-            "bias_ih_l0": b_ih, "bias_hh_l0": torch.zeros_like(b_ih)}
+    return [torch.cat([W_x[g].t() for g in LSTM_BLOCKS]),
+            torch.cat([W_h[g].t() for g in LSTM_BLOCKS]), b_ih, torch.zeros_like(b_ih)]
 
 
 def onednn_lstm_forward(net: RNNModelScratch, X: Tensor, state: Sequence[Tensor],
                         masks: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
     """`net(X, state)` for an LSTM of any depth with the given dropout masks, each layer one
-    call of nn.LSTM's fused kernel (oneDNN on a float32 CPU); autograd does the backward.
-    Layer 0 reads the one-hot inputs (T, B, V), as the book's model does."""
+    call of nn.LSTM's fused op (oneDNN on a float32 CPU); autograd does the backward. Layer 0
+    reads the one-hot inputs (T, B, V), as the book's model does."""
     inp = F.one_hot(X.t(), net.vocab_size).to(net.W_hq.dtype)
     new_state: list[Tensor] = []
     for k in range(net.num_layers):
         if k and masks is not None:
             inp = inp * masks[k - 1]
-        layer = _lstm_module(inp.shape[-1], net.num_hiddens)
         H0, C0 = state[2 * k:2 * k + 2]
-        inp, (H, C) = functional_call(layer, lstm_layer_params(*net.layer(k)),
-                                      (inp, (H0[None], C0[None])))
+        # torch.lstm(input, (h0, c0), params, has_biases, num_layers, dropout, train,
+        #            bidirectional, batch_first): what nn.LSTM.forward calls
+        inp, H, C = torch.lstm(inp, (H0[None], C0[None]), lstm_layer_params(*net.layer(k)),
+                               True, 1, 0.0, True, False, False)
         new_state += [H[0].clone(), C[0].clone()]   # not views: training detaches them in place
     top = inp if masks is None else inp * masks[-1]
     return torch.addmm(net.b_q, top.reshape(-1, net.num_hiddens), net.W_hq), tuple(new_state)
-
-
-@functools.cache
-def _lstm_module(inputs: int, num_hiddens: int) -> nn.LSTM:
-    """A one-layer nn.LSTM without weights of its own (functional_call supplies them)."""
-    return nn.LSTM(inputs, num_hiddens, device="meta")
 
 
 @functools.cache
@@ -519,14 +512,18 @@ def candidates(arch: str, dtype: torch.dtype, device: torch.device) -> list[str]
 @functools.cache
 def choose_backend(shape: tuple, threads: int) -> str:
     """`auto`'s choice for minibatches of `shape` with `threads` torch threads: the fastest
-    backend that applies, measured; `hand` unless another is at least 5% faster."""
+    backend that applies, measured; `hand` unless another is at least 5% faster; timed once
+    per machine (choices.py)."""
     arch, layers, T, B, H, V, dtype, device = shape
     names = candidates(arch, dtype, device)
     if len(names) == 1:
         return names[0]
-    net, X, y, state = book_model(V, H, B, T, dtype, device, arch=arch, num_layers=layers)
-    return pick_fastest(time_steps(net, {b: FastCells(net, b) for b in names}, X, y, state),
-                        "hand")
+
+    def measure() -> str:
+        net, X, y, state = book_model(V, H, B, T, dtype, device, arch=arch, num_layers=layers)
+        return pick_fastest(time_steps(net, {b: FastCells(net, b) for b in names}, X, y, state),
+                            "hand")
+    return remembered("cells", shape, threads, device, names, measure)
 
 
 # ------------------------------------------------------------------ the drop-in

@@ -104,8 +104,9 @@ def test_buffers_are_reused_but_a_stale_backward_is_refused(backend):
 
 
 @pytest.fixture
-def fresh_detection():
-    """Re-run oneDNN detection inside the test, and again after it."""
+def fresh_detection(monkeypatch, tmp_path):
+    """Re-run oneDNN detection inside the test, and again after it (with no recorded choices)."""
+    monkeypatch.setenv("RNN_CORE_CACHE", str(tmp_path))
     probes = (fast.onednn_available, fast.onednn_prepack_available,
               fast.onednn_weight_grad_available, fast.choose_backend)
     for probe in probes:
@@ -185,7 +186,9 @@ def test_onednn_backend_without_its_optional_ops_still_computes_the_same(
 
 
 @pytest.fixture
-def fresh_choice():
+def fresh_choice(monkeypatch, tmp_path):
+    """`auto` chooses afresh: nothing chosen in this process, nothing recorded (choices.py)."""
+    monkeypatch.setenv("RNN_CORE_CACHE", str(tmp_path))
     fast.choose_backend.cache_clear()
     yield
     fast.choose_backend.cache_clear()

@@ -129,10 +129,12 @@ def test_row_groups_on_their_own_threads_compute_the_same(arch):
 
 @needs_onednn
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_auto_picks_the_faster_backend_once_per_shape_and_keeps_the_random_stream(dropout):
+def test_auto_picks_the_faster_backend_once_per_shape_and_keeps_the_random_stream(
+        dropout, monkeypatch, tmp_path):
     """`auto` times the backends that apply at the real shape (an LSTM: both), uses the one it
     picked, draws nothing from torch's generator while choosing (the dropout masks stay the
     ones the book's model draws), and remembers the choice for the shape."""
+    monkeypatch.setenv("RNN_CORE_CACHE", str(tmp_path))  # nothing recorded: it times
     fast_cells.choose_backend.cache_clear()
     net, X, state, _, _ = random_problem("lstm", 28, 32, 8, 7, 2, dropout)
     f = FastCells(net)
