@@ -473,10 +473,10 @@ def new_workspace(backend: str, key: tuple) -> SplitWorkspace | FusedWorkspace:
     return SplitWorkspace(*key, row_threads=groups)
 
 
-def time_steps(net: RNNModelScratch, forwards: dict, X: torch.Tensor, y: torch.Tensor,
+def time_steps(forwards: dict, X: torch.Tensor, y: torch.Tensor,
                state: tuple[torch.Tensor, ...], reps: int = 7) -> dict[str, float]:
-    """Seconds of one training step of `net` with each of `forwards` (name -> a drop-in for
-    `net(X, state)`, such as `FastRNN`): the forward and backward, then the rest of the step as
+    """Seconds of one training step with each of `forwards` (name -> a drop-in for
+    `net(X, state)` with its `net`, such as `FastRNN`): the forward and backward, then the rest of the step as
     training runs it (loss, the book's clipping and `sgd`, on the drop-in's `rest_of_step`
     threads, since a kernel that splits the rows runs the rest on one thread). The median of
     `reps` after one warm-up, interleaved so that a burst of other load hits all alike (the
@@ -490,10 +490,10 @@ def time_steps(net: RNNModelScratch, forwards: dict, X: torch.Tensor, y: torch.T
             with torch.enable_grad():
                 Y, _ = forward(X, state)
                 with forward.rest_of_step():
-                    net.zero_grad(set_to_none=True)
+                    forward.net.zero_grad(set_to_none=True)
                     torch.nn.functional.cross_entropy(Y, y).backward()
-                    grad_clipping(net, 1)
-                    sgd(net.params, 1e-3, 1)
+                    grad_clipping(forward.net, 1)
+                    sgd(forward.net.params, 1e-3, 1)
             if rep:
                 seconds[name].append(time.perf_counter() - start)
     return {name: statistics.median(s) for name, s in seconds.items()}
@@ -523,7 +523,7 @@ def choose_backend(key: tuple, threads: int) -> str:
 
     def measure() -> str:
         net, X, y, state = book_model(V, H, B, T, dtype, device)
-        return pick_fastest(time_steps(net, {b: FastRNN(net, b) for b in names}, X, y, state),
+        return pick_fastest(time_steps({b: FastRNN(net, b) for b in names}, X, y, state),
                             "plain")
     return remembered("rnn", key, threads, device, names, measure)
 

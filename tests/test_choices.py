@@ -29,7 +29,7 @@ def timings(monkeypatch, tmp_path):
     monkeypatch.setenv("RNN_CORE_CACHE", str(tmp_path))
     calls = []
 
-    def timed(net, forwards, X, y, state, reps=7):
+    def timed(forwards, X, y, state, reps=7):
         calls.append(list(forwards))
         return {"hand": 0.010, "onednn": 0.005}
     monkeypatch.setattr(fast_cells, "time_steps", timed)

@@ -196,3 +196,43 @@ def test_onednn_lstm_trains_as_the_hand_kernel():
         results.append([p.detach().clone() for p in net.params])
     for a, b in zip(*results):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@needs_onednn
+def test_the_fused_lstm_keeps_the_books_parameters_and_follows_them():
+    """`onednn` keeps the book's parameters (same objects, names and values) as views of
+    nn.LSTM's fused layout: an update to them is what the next step computes with, gradients
+    accumulate over two backwards as autograd's do, and a parameter whose memory is replaced
+    (a `.data` assignment) is picked up, not left stale."""
+    net, X, state, wY, wS = random_problem("lstm", 11, 8, 4, 6, 2, 0.0)
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    params = list(net.params)
+    f = FastCells(net, "onednn")
+    f(X, state)
+    assert net.params == params and all(p.equal(before[n]) for n, p in net.named_parameters())
+    assert net.W_xi.data_ptr() == f.fused.layers[0][0].data_ptr() and not net.W_xi.is_contiguous()
+
+    def book_grads(runs):
+        ref = RNNModelScratch.from_weights({n: p.detach().clone() for n, p in
+                                            net.named_parameters()}, "lstm", 2)
+        for _ in range(runs):
+            Y, new_state = ref(X, state)
+            ((Y * wY).sum() + sum((s * w).sum() for s, w in zip(new_state, wS))).backward()
+        return [p.grad for p in ref.params]
+
+    with torch.no_grad():
+        for p in net.params:
+            p.mul_(0.9)                       # an update, in place, as the book's sgd does
+    for p in net.params:
+        p.grad = None
+    for _ in range(2):
+        Y, new_state = f(X, state)
+        ((Y * wY).sum() + sum((s * w).sum() for s, w in zip(new_state, wS))).backward()
+    for got, expected in zip([p.grad for p in net.params], book_grads(2), strict=True):
+        assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+    net.W_hf_l1.data = torch.zeros_like(net.W_hf_l1)   # memory replaced: re-fused
+    Y, _ = f(X, state)
+    Y_book, _ = net(X, state)
+    assert torch.allclose(Y, Y_book, atol=1e-5) and net.W_hf_l1.data_ptr() != 0
+    assert f.fused.current() and not net.W_hf_l1.is_contiguous()
