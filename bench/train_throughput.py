@@ -11,8 +11,8 @@ characters, full BPTT, the book's clipping (theta = 1) and SGD (lr 1), all throu
            `grad_clipping` and `sgd`. This is `train.py --kernel book` (bit-exact to the book,
            tests/test_faithful.py)
   nn.RNN   the book's concise model (§8.6: nn.RNN + nn.Linear, same hidden size), torch.optim.SGD
-  fast     rnn_core.fast.FastRNN: `auto` (what `train.py` uses: the fastest kernel, timed at
-           start-up), and each kernel that applies alone (`plain`: the split kernel;
+  fast     rnn_core.fast.FastRNN: `auto` (what `train.py` uses: the fastest kernel, timed
+           once per machine), and each kernel that applies alone (`plain`: the split kernel;
            `batched`: its per-step products over a row block per thread; `rows`: the same
            with batch rows split across Python threads; `onednn`: the fused one)
 and the machine's floor: the unavoidable sequential work of one minibatch, 2 x 35 products
@@ -49,6 +49,7 @@ from torch.nn import functional as F
 
 from bench.common import book_text, isa_info, machine_info, summary
 
+from rnn_core import choices
 from rnn_core.data import DataError, load_corpus, read_text, SeqDataLoader
 from rnn_core.fast import (FastRNN, candidates, onednn_available, onednn_prepack_available,
                            row_blocks)
@@ -76,6 +77,13 @@ class RNNModelConcise(nn.Module):
     def begin_state(self, batch_size, device):
         return (torch.zeros((1, batch_size, self.rnn.hidden_size), device=device),)
 
+
+
+def auto_choice(forward, what: str) -> str:
+    """Which kernel `auto` ran, and where that choice came from (rnn_core/choices.py)."""
+    return (f"\nfast (auto) ran the {forward.backend} {what}: timed against the others the first "
+            f"time this shape ran on this machine, then taken from {choices.path()} (train.py "
+            "does the same; delete the file to time again)")
 
 def contenders(vocab_size: int) -> dict:
     """name -> (net, updater, forward); the scratch nets start from the same weights."""
@@ -211,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     print("(ceiling: the one-core time of the book's unavoidable products, 2 x 35 per step and "
           "dW_hh,\n shared perfectly by the threads: no float32 kernel of the book's arithmetic "
           "can beat it here;\n x seed is the most any can gain over the seed on this machine)")
-    print(f"\nfast (auto) chose the {nets['fast (auto)'][2].backend} kernel by timing each at "
-          "start-up (train.py does the same)")
+    print(auto_choice(nets['fast (auto)'][2], "kernel"))
     print(f"(ppl: training perplexity of the last epoch, {args.warmup + args.rounds} epochs "
           "from the same start; the scratch contenders see the same weights and minibatches)")
     return 0
@@ -341,8 +348,7 @@ def train_cells(args) -> int:
         vs_concise = statistics.median(v / c for v, c in zip(values, concise))
         print(f"{name:<26} {summary(values):<36} {vs_book:>7.2f}x {vs_concise:>9.2f}x "
               f"{ppl[name]:>7.2f}")
-    print(f"\nfast (auto) chose the {nets['fast (auto)'][2].backend} backend by timing each at "
-          "start-up (train.py does the same)")
+    print(auto_choice(nets['fast (auto)'][2], "backend"))
     if floor:
         print("(floor: the recurrent products and W_h's gradient alone, each core on its share "
               "of the rows, nothing else of a training step: no kernel can beat it)")
