@@ -45,7 +45,8 @@ from rnn_core.data import (DATASETS, NORMALIZATIONS, DataError, load_corpus, min
                            normalize_text, read_text, sha1_of, split_corpus, SeqDataLoader)
 from rnn_core.distributed import DistributedError, Group, pick_device, resume_command, say, start
 from rnn_core.errors import for_command_line
-from rnn_core.fast_cells import fast_forward
+from rnn_core.fast import BACKENDS as RNN_BACKENDS
+from rnn_core.fast_cells import BACKENDS as CELL_BACKENDS, backends, fast_forward
 from rnn_core.generation import predict_ch8
 from rnn_core.model import RNNModelScratch
 from rnn_core.resume import TrainingState, load_training_state
@@ -56,11 +57,13 @@ from rnn_core.training import (KERNELS, OPTIMIZERS, Interrupted, NonFiniteLossEr
 
 EXIT_REFUSED, EXIT_NONFINITE, EXIT_PUSH_FAILED, EXIT_SAVE_FAILED, EXIT_PEER_FAILED = 2, 3, 4, 5, 6
 HUB_FLAGS = ("push_to_hub", "private", "commit_message", "revision", "push_only")
+FAST_BACKENDS = tuple(dict.fromkeys(RNN_BACKENDS + CELL_BACKENDS))  # --fast-backend's choices
 RUN_SETTINGS = ("num_hiddens", "arch", "num_layers", "dropout", "batch_size", "num_steps", "lr",
                 "num_epochs", "max_tokens", "use_random_iter", "seed", "data", "normalize",
                 "device", "val_fraction", "val_streams", "max_time", "min_lr", "optimizer",
                 "kernel", "save_every")  # what training_state.json records
-RESUMABLE = ("num_epochs", "out", "data", "device", "save_every", "resume")  # --resume may set these
+RESUMABLE = ("num_epochs", "out", "data", "device", "save_every", "resume",
+             "fast_backend")  # --resume may set these
 # The library names the setting at fault by its Python parameter; these are its flags here.
 FLAGS = {"out_dir": "--out", "repo_id": "--push-to-hub", "normalization": "--normalize",
          "revision": "--revision"}
@@ -120,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "backward (same gradients up to float rounding), arranged as measured "
                         "fastest on this CPU at start-up and kept on --resume; speeds in "
                         "bench/README.md. book: the book's forward and autograd, bit for bit")
+    p.add_argument("--fast-backend", choices=FAST_BACKENDS, default="auto", metavar="NAME",
+                   help="which fast kernel computes: auto (default: the fastest here, timed the "
+                        "first time a shape runs on this machine and remembered in "
+                        "~/.cache/rnn_core/fast-kernels.json; a --resume keeps its run's), or "
+                        "for the one-layer RNN without dropout plain, batched, rows or onednn, "
+                        "for the others hand or onednn (LSTM). Kernels agree up to float "
+                        "rounding; speeds in bench/README.md")
     p.add_argument("--save-every", type=int, default=10,
                    help="write what --resume needs every K epochs (cheap); the whole checkpoint, "
                         "with the model card and plot, at the end and on Ctrl-C/SIGTERM")
@@ -166,6 +176,9 @@ def check_args(args: argparse.Namespace) -> None:
     if not -2 ** 63 <= args.seed < 2 ** 64:
         raise DataError(f"--seed must be an integer from -2**63 to 2**64-1 (what torch accepts), "
                         f"got {args.seed}")
+    if args.fast_backend != "auto" and args.kernel != "fast":
+        raise DataError(f"--fast-backend {args.fast_backend} chooses among the fast kernels; drop "
+                        f"it, or drop --kernel {args.kernel}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise DataError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
 
@@ -335,7 +348,7 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
         resumed.planned_epochs, resumed.schedule_steps = planned_epochs, steps_done
         say(group, f"resuming {args.resume} after epoch {resumed.epoch}")
     group.broadcast_parameters(net.params)
-    forward = fast_kernel(net, resumed, group) if args.kernel == "fast" else None
+    forward = fast_kernel(net, resumed, group, args.fast_backend) if args.kernel == "fast" else None
     schedule = Schedule(updater, args.lr, args.min_lr, planned_epochs * steps_per_epoch,
                         args.max_time, started, steps_done, group)
 
@@ -564,6 +577,7 @@ def checkpoint_config(args: argparse.Namespace, snap: TrainingState, meta: dict)
                 "num_steps": args.num_steps, "seed": args.seed, "optimizer": args.optimizer,
                 "use_random_iter": args.use_random_iter, "max_tokens": args.max_tokens,
                 "val_fraction": args.val_fraction, "kernel": args.kernel,
+                "fast_backend": snap.backend,
                 "final_ppl": history[-1].ppl if history else None,
                 "final_val_ppl": vals[-1] if vals else None,
                 "best_val_ppl": min(vals) if vals else None,
@@ -574,9 +588,20 @@ def checkpoint_config(args: argparse.Namespace, snap: TrainingState, meta: dict)
             "normalization": args.normalize, "training": training}
 
 
-def fast_kernel(net: RNNModelScratch, resumed: TrainingState | None, group: Group):
-    """The fast kernel for `net`: on --resume the backend the run was using (so it goes on
-    computing exactly as before), else the one `auto` finds fastest here at the first minibatch."""
+def fast_kernel(net: RNNModelScratch, resumed: TrainingState | None, group: Group,
+                requested: str):
+    """The fast kernel for `net`: the `requested` backend (--fast-backend) unless `auto`; else
+    on --resume the backend the run was using (so it goes on computing exactly as before),
+    else the one `auto` finds fastest here (choices.py)."""
+    if requested != "auto":
+        if requested not in backends(net):
+            raise DataError(f"--fast-backend {requested} is not a kernel of this model; use one "
+                            f"of {', '.join(backends(net))}")
+        try:
+            return fast_forward(net, requested)
+        except RuntimeError as e:
+            raise DataError(f"--fast-backend {requested} does not apply here "
+                            f"({str(e).split('; use ')[0]}); use --fast-backend auto") from None
     saved = resumed.backend if resumed is not None else None
     if saved is not None:
         try:

@@ -40,6 +40,7 @@ import torch
 from torch.nn import functional as F
 
 from .choices import remembered
+from .fast import BACKENDS as RNN_BACKENDS
 from .fast import (FastRNN, _each_group, _one_core_per_group, _split, book_model,
                    keep_freed_memory, pick_fastest, row_threads, time_steps)
 from .generation import _scripted
@@ -623,8 +624,16 @@ class FastCells:
 
 def fast_forward(net: RNNModelScratch, backend: str = "auto"):
     """The fastest training forward for `net`: fast.FastRNN for the one-layer §8.5 RNN without
-    dropout, FastCells otherwise; `backend` one of theirs (ValueError for another, RuntimeError
-    where it does not apply here)."""
-    if net.arch == "rnn" and net.num_layers == 1 and net.dropout == 0:
-        return FastRNN(net, backend)
-    return FastCells(net, backend)
+    dropout, FastCells otherwise; `backend` one of `backends(net)` (ValueError for another,
+    RuntimeError where it does not apply here)."""
+    return (FastRNN if is_book_rnn(net) else FastCells)(net, backend)
+
+
+def backends(net: RNNModelScratch) -> tuple[str, ...]:
+    """The backends `fast_forward(net, backend)` knows."""
+    return RNN_BACKENDS if is_book_rnn(net) else BACKENDS
+
+
+def is_book_rnn(net: RNNModelScratch) -> bool:
+    """The one-layer §8.5 RNN without dropout: the model fast.FastRNN computes."""
+    return net.arch == "rnn" and net.num_layers == 1 and net.dropout == 0

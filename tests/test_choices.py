@@ -126,3 +126,41 @@ def test_train_py_takes_the_recorded_kernel(tmp_path, data_path):
     other = {"hand": "onednn", "onednn": "hand"}[first]
     file.write_text(json.dumps({"choices": dict.fromkeys(entries, other)}))
     assert run("second") == other
+
+
+def train_py(tmp_path, *args):
+    return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "RNN_CORE_CACHE": str(tmp_path / "cache")})
+
+
+def test_fast_backend_forces_a_kernel_and_the_run_records_it(tmp_path, data_path):
+    """--fast-backend NAME computes with that kernel without timing (nothing recorded), the
+    resume state and config.json name it, and a --resume may switch to another."""
+    common = ["--data", data_path, *SMALL, "--out", tmp_path / "run"]
+    proc = train_py(tmp_path, *common, "--num-epochs", "1", "--fast-backend", "rows")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    state = json.loads((tmp_path / "run" / STATE_JSON).read_text())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert state["backend"] == config["training"]["fast_backend"] == "rows"
+    assert not (tmp_path / "cache" / choices.FILENAME).exists()
+    proc = train_py(tmp_path, "--resume", tmp_path / "run", "--num-epochs", "2",
+                    "--fast-backend", "plain")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / STATE_JSON).read_text())["backend"] == "plain"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--fast-backend", "hand"], "error: --fast-backend hand is not a kernel of this model; use one "
+                                 "of auto, plain, batched, rows, onednn"),
+    (["--arch", "gru", "--fast-backend", "onednn"],
+     "error: --fast-backend onednn does not apply here (the oneDNN backend needs an LSTM in float32 "
+     "on a CPU with torch's oneDNN (mkldnn) enabled); use --fast-backend auto"),
+    (["--fast-backend", "rows", "--kernel", "book"],
+     "error: --fast-backend rows chooses among the fast kernels; drop it, or drop --kernel book"),
+])
+def test_a_fast_backend_that_does_not_apply_is_refused_in_one_line(tmp_path, data_path, args,
+                                                                   message):
+    proc = train_py(tmp_path, "--data", data_path, *SMALL, "--out", tmp_path / "run", *args)
+    assert proc.returncode == 2 and proc.stderr.strip() == message
+    assert not (tmp_path / "run").exists()

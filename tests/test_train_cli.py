@@ -28,7 +28,7 @@ def test_help_documents_every_flag():
     out = train("--help").stdout
     for flag in ("--num-hiddens", "--batch-size", "--num-steps", "--lr", "--num-epochs", "--max-tokens",
                  "--use-random-iter", "--seed", "--data", "--device", "--out", "--normalize",
-                 "--val-fraction", "--optimizer", "--resume", "--save-every"):
+                 "--val-fraction", "--optimizer", "--resume", "--save-every", "--fast-backend"):
         assert flag in out
 
 
