@@ -3,11 +3,11 @@
 The fast kernels (fast.py, fast_cells.py) time the backends that apply the first time a
 minibatch shape is seen and keep the fastest. The winner is recorded in the cache folder
 (`RNN_CORE_CACHE`, default ~/.cache/rnn_core) as fast-kernels.json, keyed by what a timing
-depends on: the shape, the torch threads, the CPU, torch's version and the instruction-set
-limits in force. Later processes on the machine take the recorded kernel without timing again,
-so a resumed run, the ranks of torchrun and a run to compare with all compute alike (two
-kernels agree only up to float rounding), and one timing taken during a burst of other load
-is not redrawn at random in every run. Delete the file to time again.
+depends on: the kernels' code, the shape, the torch threads, the CPU, torch's version and the
+instruction-set limits in force. Later processes on the machine take the recorded kernel
+without timing again, so a resumed run, the ranks of torchrun and a run to compare with all
+compute alike (two kernels agree only up to float rounding), and one timing taken during a
+burst of other load is not redrawn at random in every run. Delete the file to time again.
 
 The file is untrusted input like any other: an entry that is not a backend that applies is
 ignored and timed afresh, an unreadable file is treated as empty, and where the folder cannot
@@ -16,6 +16,8 @@ be written the choice is kept for this process only.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -28,7 +30,7 @@ import torch
 from .data import cache_dir
 
 FILENAME = "fast-kernels.json"
-FORMAT = 1            # raise when a kernel changes, so that earlier timings are not trusted
+FORMAT = 1            # of the key; the kernels' own code is in it too (kernels_digest)
 MAX_ENTRIES = 64      # shapes remembered; the oldest go first
 MAX_BYTES = 1 << 20   # a larger file is not read
 ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
@@ -54,6 +56,19 @@ def machine(device: torch.device) -> list[str]:
             *(f"{name}={os.environ.get(name, '')}" for name in ISA_LIMITS)]
 
 
+@functools.cache
+def kernels_digest() -> str:
+    """A digest of the kernels' source: a timing holds for the code that was timed, so a
+    changed or upgraded kernel is timed afresh."""
+    digest = hashlib.sha1()
+    for name in ("fast.py", "fast_cells.py"):
+        try:
+            digest.update((Path(__file__).with_name(name)).read_bytes())
+        except OSError:  # no source beside us (a frozen build): the version must do
+            digest.update(name.encode())
+    return digest.hexdigest()[:16]
+
+
 def path() -> Path:
     return cache_dir() / FILENAME
 
@@ -62,7 +77,8 @@ def remembered(kind: str, shape: tuple, threads: int, device: torch.device,
                allowed: list[str], measure: Callable[[], str]) -> str:
     """The backend recorded for (`kind`, `shape`, `threads`) on this machine if it is one of
     `allowed`; else `measure()`'s, recorded for the next process."""
-    key = json.dumps([FORMAT, kind, [str(s) for s in shape], threads, *machine(device)])
+    key = json.dumps([FORMAT, kernels_digest(), kind, [str(s) for s in shape], threads,
+                      *machine(device)])
     choices = _read()
     if choices.get(key) in allowed:
         return choices[key]

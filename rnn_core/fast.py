@@ -353,7 +353,7 @@ class FusedWorkspace:
         self.Z_t, self.E_t, self.D_t = self.Z.unbind(0), self.E.unbind(0), self.D.unbind(0)
         self.H_t = [z[:, :H] for z in self.Z_t]
         self.dA_t = [e[:, :H] for e in self.E_t]
-        self.rows = torch.arange(T * B, device=device)
+        self.positions = torch.arange(T * B, device=device)  # each token's row in Z
         self.tokens = torch.full((T * B,), H, device=device)  # one-hot columns now set
         self.calls = 0                # forward calls so far, to catch a stale backward
         self.W_in_packed = self.W_back_packed = None
@@ -376,9 +376,9 @@ class FusedWorkspace:
         """Write the one-hot inputs (time-major) and the initial state into Z."""
         T, B, H = self.key[:3]
         onehot = self.Z[:T].view(T * B, -1)
-        onehot[self.rows, self.tokens] = 0
+        onehot[self.positions, self.tokens] = 0
         self.tokens = X.t().reshape(-1) + H
-        onehot[self.rows, self.tokens] = 1
+        onehot[self.positions, self.tokens] = 1
         self.Z[0, :, :H].copy_(H0)
 
 
@@ -583,4 +583,4 @@ class FastRNN:
         elementwise work over the weights would otherwise meet at torch's barrier per op,
         waiting for any core another process holds (measured: the book's `sgd` alone took
         40 ms a minibatch on a loaded 2-core VM)."""
-        return _one_core_per_group(len(getattr(self.ws, "rows", ())))
+        return _one_core_per_group(len(self.ws.rows) if isinstance(self.ws, SplitWorkspace) else 1)

@@ -64,11 +64,15 @@ def test_a_choice_is_timed_once_and_taken_from_the_cache_by_later_processes(timi
 
 
 @needs_onednn
-def test_another_instruction_set_limit_is_another_machine(timings, monkeypatch):
+def test_another_instruction_set_limit_or_changed_kernel_code_is_timed_afresh(timings,
+                                                                          monkeypatch):
     first_step()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     first_step()
     assert len(timings) == 2 and len(recorded()) == 2
+    monkeypatch.setattr(choices, "kernels_digest", lambda: "an upgraded kernel")
+    first_step()
+    assert len(timings) == 3 and len(recorded()) == 3
 
 
 @needs_onednn
@@ -103,7 +107,7 @@ def test_the_file_keeps_the_latest_shapes_only(monkeypatch, tmp_path):
     for n in range(choices.MAX_ENTRIES + 5):
         choices.remembered("test", (n,), 1, cpu, ["a"], lambda: "a")
     kept = recorded()
-    assert len(kept) == choices.MAX_ENTRIES and json.loads(next(iter(kept)))[2] == ["5"]
+    assert len(kept) == choices.MAX_ENTRIES and json.loads(next(iter(kept)))[3] == ["5"]
     assert not [p for p in tmp_path.iterdir() if p.name != choices.FILENAME]  # no leftovers
 
 

@@ -465,3 +465,19 @@ def test_the_rest_of_a_rows_step_runs_on_one_thread(two_threads, backend, thread
                              forward)
     assert seen == [threads_in_step] * 2 and torch.get_num_threads() == 2
     assert 1 < ppl < 28 * 2
+
+
+@pytest.mark.parametrize("backend", ["plain", "rows", pytest.param("onednn", marks=pytest.mark.skipif(
+    not onednn_available(), reason="this torch build has no oneDNN linear op"))])
+def test_the_rest_of_a_step_runs_on_one_thread_only_where_the_kernel_splits_the_rows(
+        backend, two_threads):
+    """`rows` runs each row group's pass on its own core, so the loss, backward and update
+    around it run on one torch thread; every other kernel keeps torch's threads for them (the
+    fused kernel's backward is most of its work)."""
+    net = RNNModelScratch(28, 32)
+    f = FastRNN(net, backend)
+    Y, _ = f(torch.randint(0, 28, (16, 5)), net.begin_state(16))
+    with f.rest_of_step():
+        inside = torch.get_num_threads()
+        Y.sum().backward()
+    assert inside == (1 if backend == "rows" else 2) and torch.get_num_threads() == 2
