@@ -454,7 +454,7 @@ class FusedLSTM:
     `b_i`, ...) re-pointed to its block (transposed for the weights: the book's (inputs, H)).
     The model keeps its parameters (the optimizer's, the checkpoint's, the book's names and
     values); only their memory moves. After each backward the fused tensors' gradients are
-    handed to the book's parameters as views of the same blocks. Measured: 4-8% of a training
+    handed to the book's parameters as views of the same blocks. Measured: 3-8% of a training
     step at the book's shape over concatenating the gates every step (bench/README.md)."""
 
     def __init__(self, net: RNNModelScratch):
