@@ -46,7 +46,7 @@ from rnn_core.data import (DATASETS, NORMALIZATIONS, DataError, load_corpus, min
 from rnn_core.distributed import DistributedError, Group, pick_device, resume_command, say, start
 from rnn_core.errors import for_command_line
 from rnn_core.fast import BACKENDS as RNN_BACKENDS
-from rnn_core.fast_cells import BACKENDS as CELL_BACKENDS, backends, fast_forward
+from rnn_core.fast_cells import BACKENDS as CELL_BACKENDS, applicable, auto_backend, fast_forward
 from rnn_core.generation import predict_ch8
 from rnn_core.model import RNNModelScratch
 from rnn_core.resume import TrainingState, load_training_state
@@ -348,7 +348,7 @@ def train(args: argparse.Namespace, out: Path, hub: argparse.Namespace, group: G
         resumed.planned_epochs, resumed.schedule_steps = planned_epochs, steps_done
         say(group, f"resuming {args.resume} after epoch {resumed.epoch}")
     group.broadcast_parameters(net.params)
-    forward = fast_kernel(net, resumed, group, args.fast_backend) if args.kernel == "fast" else None
+    forward = fast_kernel(net, args, resumed, group) if args.kernel == "fast" else None
     schedule = Schedule(updater, args.lr, args.min_lr, planned_epochs * steps_per_epoch,
                         args.max_time, started, steps_done, group)
 
@@ -588,20 +588,19 @@ def checkpoint_config(args: argparse.Namespace, snap: TrainingState, meta: dict)
             "normalization": args.normalize, "training": training}
 
 
-def fast_kernel(net: RNNModelScratch, resumed: TrainingState | None, group: Group,
-                requested: str):
-    """The fast kernel for `net`: the `requested` backend (--fast-backend) unless `auto`; else
-    on --resume the backend the run was using (so it goes on computing exactly as before),
-    else the one `auto` finds fastest here (choices.py)."""
-    if requested != "auto":
-        if requested not in backends(net):
-            raise DataError(f"--fast-backend {requested} is not a kernel of this model; use one "
-                            f"of {', '.join(backends(net))}")
-        try:
-            return fast_forward(net, requested)
-        except RuntimeError as e:
-            raise DataError(f"--fast-backend {requested} does not apply here "
-                            f"({str(e).split('; use ')[0]}); use --fast-backend auto") from None
+def fast_kernel(net: RNNModelScratch, args: argparse.Namespace, resumed: TrainingState | None,
+                group: Group):
+    """The fast kernel for `net`: --fast-backend when not `auto`; else on --resume the backend
+    the run was using (so it goes on computing exactly as before); else the one `auto` finds
+    fastest here (choices.py), chosen by rank 0 alone under torchrun (the ranks timing at
+    once would slow each other, and might choose apart)."""
+    B, T = args.batch_size // group.world_size, args.num_steps  # one process's minibatch
+    if args.fast_backend != "auto":
+        names = applicable(net, B, T)
+        if args.fast_backend not in names:
+            raise DataError(f"--fast-backend {args.fast_backend} does not apply to this model and "
+                            f"minibatch here; use one of auto, {', '.join(names)}")
+        return fast_forward(net, args.fast_backend)
     saved = resumed.backend if resumed is not None else None
     if saved is not None:
         try:
@@ -610,6 +609,9 @@ def fast_kernel(net: RNNModelScratch, resumed: TrainingState | None, group: Grou
             say(group, f"note: the run's fast kernel ({saved}) does not apply on this machine; "
                 "another computes from here on, which may differ from an uninterrupted run by "
                 "float rounding", sys.stderr)
+    if group.distributed:
+        return fast_forward(net, group.shared_text(auto_backend(net, B, T) if group.is_main
+                                                   else ""))
     return fast_forward(net)
 
 

@@ -70,6 +70,8 @@ def kernels_digest() -> str:
 
 
 def path() -> Path:
+    """The file (raises RuntimeError where there is no cache folder: no RNN_CORE_CACHE and
+    no home directory)."""
     return cache_dir() / FILENAME
 
 
@@ -93,10 +95,16 @@ def remembered(kind: str, shape: tuple, threads: int, device: torch.device,
 def _read() -> dict[str, str]:
     """The recorded choices, or none where the file is missing, too large or malformed."""
     try:
-        with open(path(), "rb") as f:
+        file = path()
+        if not file.is_file():  # missing, or a folder or a pipe that would block the read
+            return {}
+        with open(file, "rb") as f:
             raw = f.read(MAX_BYTES + 1)
+    except (OSError, RuntimeError):
+        return {}
+    try:
         data = json.loads(raw) if len(raw) <= MAX_BYTES else None
-    except (OSError, ValueError):
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         return {}
     if not isinstance(data, dict) or not isinstance(data.get("choices"), dict):
         return {}
@@ -106,14 +114,15 @@ def _read() -> dict[str, str]:
 def _write(choices: dict[str, str]) -> None:
     """Replace the file at once (a reader sees the old or the new one, never half); where the
     cache cannot be written, nothing is remembered."""
-    target, part = path(), None
+    part = None
     try:
+        target = path()
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, part = tempfile.mkstemp(dir=target.parent, prefix=".fast-kernels.", suffix=".part")
         with os.fdopen(fd, "w") as f:
             json.dump({"choices": choices}, f, indent=1)
         os.replace(part, target)
-    except OSError:
+    except (OSError, RuntimeError):
         if part is not None:
             with contextlib.suppress(OSError):
                 os.unlink(part)

@@ -43,7 +43,8 @@ def sha1_of(path: str | os.PathLike) -> str:
 
 def cache_dir() -> Path:
     """Where downloaded data lives (`RNN_CORE_CACHE`, default ~/.cache/rnn_core)."""
-    return Path(os.environ.get("RNN_CORE_CACHE", Path.home() / ".cache" / "rnn_core"))
+    folder = os.environ.get("RNN_CORE_CACHE")
+    return Path(folder) if folder else Path.home() / ".cache" / "rnn_core"
 
 
 def download(url: str, sha1: str, filename: str) -> Path:

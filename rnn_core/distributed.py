@@ -103,6 +103,14 @@ class Group:
         self._call(dist.broadcast, t, 0)
         return t.item()
 
+    def shared_text(self, text: str) -> str:
+        """Rank 0's `text` on every rank (e.g. the fast kernel it chose, so all compute alike)."""
+        if not self.distributed:
+            return text
+        box = [text]
+        self._call(dist.broadcast_object_list, box, 0)
+        return str(box[0])
+
     def max(self, value: float) -> float:
         """The largest of one number over ranks (e.g. the slowest rank's epoch time)."""
         if not self.distributed:

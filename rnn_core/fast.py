@@ -511,6 +511,11 @@ def book_model(V: int, H: int, B: int, T: int, dtype: torch.dtype, device: torch
     return net, X, y, tuple(s.to(dtype) for s in net.begin_state(B, device))
 
 
+def shape_key(net: RNNModelScratch, B: int, T: int) -> tuple:
+    """What the kernels and their choice depend on for `net` and B x T minibatches."""
+    return (T, B, net.num_hiddens, net.vocab_size, net.W_hh.dtype, net.W_hh.device)
+
+
 @functools.cache
 def choose_backend(key: tuple, threads: int) -> str:
     """`auto`'s choice for minibatches of shape `key` with `threads` torch threads: the kernel
@@ -568,7 +573,7 @@ class FastRNN:
                  ) -> tuple[torch.Tensor, tuple[torch.Tensor]]:
         net = self.net
         B, T = X.shape
-        key = (T, B, net.num_hiddens, net.vocab_size, net.W_hh.dtype, net.W_hh.device)
+        key = shape_key(net, B, T)
         if self.ws is None or self.ws.key != key:
             if self.requested == "auto":
                 self.backend = choose_backend(key, torch.get_num_threads())

@@ -40,7 +40,7 @@ import torch
 from torch.nn import functional as F
 
 from .choices import remembered
-from .fast import BACKENDS as RNN_BACKENDS
+from . import fast
 from .fast import (FastRNN, _each_group, _one_core_per_group, _split, book_model,
                    keep_freed_memory, pick_fastest, row_threads, time_steps)
 from .generation import _scripted
@@ -548,6 +548,12 @@ def candidates(arch: str, dtype: torch.dtype, device: torch.device) -> list[str]
     return [b for b in BACKENDS[1:] if backend_fits(b, arch, dtype, device)]
 
 
+def shape_key(net: RNNModelScratch, B: int, T: int) -> tuple:
+    """What the backends and their choice depend on for `net` and B x T minibatches."""
+    return (net.arch, net.num_layers, T, B, net.num_hiddens, net.vocab_size, net.W_hq.dtype,
+            net.W_hq.device)
+
+
 @functools.cache
 def choose_backend(shape: tuple, threads: int) -> str:
     """`auto`'s choice for minibatches of `shape` with `threads` torch threads: the fastest
@@ -597,8 +603,7 @@ class FastCells:
         net = self.net
         X = X.to(net.W_hq.device)
         B, T = X.shape
-        shape = (net.arch, net.num_layers, T, B, net.num_hiddens, net.vocab_size,
-                 net.W_hq.dtype, net.W_hq.device)
+        shape = shape_key(net, B, T)
         if self.shape != shape and self.requested == "auto":
             self.backend = choose_backend(shape, torch.get_num_threads())
         self.shape = shape
@@ -624,14 +629,23 @@ class FastCells:
 
 def fast_forward(net: RNNModelScratch, backend: str = "auto"):
     """The fastest training forward for `net`: fast.FastRNN for the one-layer §8.5 RNN without
-    dropout, FastCells otherwise; `backend` one of `backends(net)` (ValueError for another,
-    RuntimeError where it does not apply here)."""
+    dropout, FastCells otherwise; `backend` one of theirs (ValueError for another, RuntimeError
+    where it does not apply here)."""
     return (FastRNN if is_book_rnn(net) else FastCells)(net, backend)
 
 
-def backends(net: RNNModelScratch) -> tuple[str, ...]:
-    """The backends `fast_forward(net, backend)` knows."""
-    return RNN_BACKENDS if is_book_rnn(net) else BACKENDS
+def applicable(net: RNNModelScratch, B: int, T: int) -> list[str]:
+    """The backends of `fast_forward(net)` that apply to B x T minibatches here."""
+    if is_book_rnn(net):
+        return fast.candidates(fast.shape_key(net, B, T))
+    return candidates(net.arch, net.W_hq.dtype, net.W_hq.device)
+
+
+def auto_backend(net: RNNModelScratch, B: int, T: int) -> str:
+    """What `fast_forward(net)` (`auto`) will run on B x T minibatches, chosen now."""
+    if is_book_rnn(net):
+        return fast.choose_backend(fast.shape_key(net, B, T), torch.get_num_threads())
+    return choose_backend(shape_key(net, B, T), torch.get_num_threads())
 
 
 def is_book_rnn(net: RNNModelScratch) -> bool:

@@ -35,7 +35,7 @@ def test_train_throughput_prints_every_contender_and_the_floor(data_path):
         assert re.fullmatch(r"\d+%", fields[-2]), fields                          # of floor
     assert row(out, "seed (scratch, book)")[-4] == "1.00x"
     assert re.fullmatch(NUM, row(out, "floor: torch.mm + tanh")[0])
-    assert re.search(r"^fast \(auto\) chose the (plain|batched|rows|onednn) kernel", out, re.M), out
+    assert re.search(r"^fast \(auto\) ran the (plain|batched|rows|onednn) kernel: timed", out, re.M), out
     assert re.search(r"^cpu has .* \| limits in force: .* \| torch kernels \w+", out, re.M), out
 
 
@@ -49,7 +49,7 @@ def test_train_throughput_cells_prints_the_book_the_concise_model_and_each_backe
         assert re.fullmatch(NUM, fields[0]) and fields[-3].endswith("x"), fields  # x book
         assert fields[-2].endswith("x") and re.fullmatch(NUM, fields[-1]), fields  # x concise, ppl
     assert row(out, "book scratch LSTM")[-3] == "1.00x"
-    assert re.search(r"^fast \(auto\) chose the (hand|onednn) backend", out, re.M), out
+    assert re.search(r"^fast \(auto\) ran the (hand|onednn) backend: timed", out, re.M), out
 
 
 def test_book_run_times_train_py_against_the_books_library(data_path):

@@ -13,6 +13,7 @@ import torch
 
 from conftest import ROOT
 from rnn_core import choices, fast_cells
+from rnn_core.fast import onednn_available
 from rnn_core.fast_cells import FastCells, onednn_lstm_available
 from rnn_core.model import RNNModelScratch
 from rnn_core.resume import STATE_JSON
@@ -77,18 +78,15 @@ def test_another_instruction_set_limit_or_changed_kernel_code_is_timed_afresh(ti
 
 @needs_onednn
 @pytest.mark.parametrize("content", [
-    b"not json", b"", b"[]", b'{"choices": []}', b'{"choices": {"x": 1}}',
-    b'{"choices": ' + b" " * choices.MAX_BYTES + b"{}}",  # too large to read
-    "BACKEND",                                               # a backend that does not exist
-], ids=["text", "empty", "list", "choices-list", "number", "huge", "unknown-backend"])
+    "not json", "", "[]", '{"choices": []}', '{"choices": {"x": 1}}', "[" * 200_000,
+    '{"choices": {KEY: "../../etc/passwd"}}',                  # not a backend
+    '{"choices": {KEY: "hand"}}' + " " * choices.MAX_BYTES,   # a valid entry, too large to read
+], ids=["text", "empty", "list", "choices-list", "number", "nested", "unknown-backend", "huge"])
 def test_a_damaged_or_foreign_file_is_timed_afresh_and_repaired(timings, content):
-    if content == "BACKEND":
-        first_step()
-        (key,) = recorded()
-        choices._write({key: "../../etc/passwd"})
-    else:
-        choices.path().write_bytes(content)
-    assert first_step() == "onednn" and len(timings) == (2 if content == "BACKEND" else 1)
+    first_step()
+    (key,) = recorded()
+    choices.path().write_text(content.replace("KEY", json.dumps(key)))
+    assert first_step() == "onednn" and len(timings) == 2
     assert list(recorded().values()) == ["onednn"]
 
 
@@ -99,6 +97,12 @@ def test_an_unwritable_cache_only_costs_the_remembering(timings, monkeypatch, tm
     monkeypatch.setenv("RNN_CORE_CACHE", str(blocker / "cache"))  # under a file: cannot exist
     assert first_step() == "onednn" and first_step() == "onednn" and len(timings) == 2
     assert not (blocker / "cache").exists()
+    monkeypatch.delenv("RNN_CORE_CACHE")             # and no home directory to find one in
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+    monkeypatch.setattr(choices.Path, "home", no_home)
+    assert first_step() == "onednn" and len(timings) == 3
 
 
 def test_the_file_keeps_the_latest_shapes_only(monkeypatch, tmp_path):
@@ -141,25 +145,29 @@ def train_py(tmp_path, *args):
 def test_fast_backend_forces_a_kernel_and_the_run_records_it(tmp_path, data_path):
     """--fast-backend NAME computes with that kernel without timing (nothing recorded), the
     resume state and config.json name it, and a --resume may switch to another."""
-    common = ["--data", data_path, *SMALL, "--out", tmp_path / "run"]
-    proc = train_py(tmp_path, *common, "--num-epochs", "1", "--fast-backend", "rows")
+    common = ["--data", data_path, *SMALL, "--num-hiddens", "32", "--out", tmp_path / "run"]
+    proc = train_py(tmp_path, *common, "--num-epochs", "1", "--fast-backend", "plain")
     assert proc.returncode == 0, proc.stderr[-2000:]
     state = json.loads((tmp_path / "run" / STATE_JSON).read_text())
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert state["backend"] == config["training"]["fast_backend"] == "rows"
+    assert state["backend"] == config["training"]["fast_backend"] == "plain"
     assert not (tmp_path / "cache" / choices.FILENAME).exists()
+    if not onednn_available():
+        return
     proc = train_py(tmp_path, "--resume", tmp_path / "run", "--num-epochs", "2",
-                    "--fast-backend", "plain")
+                    "--fast-backend", "onednn")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads((tmp_path / "run" / STATE_JSON).read_text())["backend"] == "plain"
+    assert json.loads((tmp_path / "run" / STATE_JSON).read_text())["backend"] == "onednn"
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--fast-backend", "hand"], "error: --fast-backend hand is not a kernel of this model; use one "
-                                 "of auto, plain, batched, rows, onednn"),
+    (["--fast-backend", "hand"], "error: --fast-backend hand does not apply to this model and "
+                                 "minibatch here; use one of auto, plain"),
+    (["--fast-backend", "rows"], "error: --fast-backend rows does not apply to this model and "
+                                 "minibatch here; use one of auto, plain"),  # 8 rows, 1 thread
     (["--arch", "gru", "--fast-backend", "onednn"],
-     "error: --fast-backend onednn does not apply here (the oneDNN backend needs an LSTM in float32 "
-     "on a CPU with torch's oneDNN (mkldnn) enabled); use --fast-backend auto"),
+     "error: --fast-backend onednn does not apply to this model and minibatch here; use one of "
+     "auto, hand"),
     (["--fast-backend", "rows", "--kernel", "book"],
      "error: --fast-backend rows chooses among the fast kernels; drop it, or drop --kernel book"),
 ])
