@@ -61,7 +61,7 @@ def kernels_digest() -> str:
     """A digest of the kernels' source: a timing holds for the code that was timed, so a
     changed or upgraded kernel is timed afresh."""
     digest = hashlib.sha1()
-    for name in ("fast.py", "fast_cells.py"):
+    for name in ("fast.py", "fast_cells.py", "cells.py", "model.py"):  # the kernels, their model
         try:
             digest.update((Path(__file__).with_name(name)).read_bytes())
         except OSError:  # no source beside us (a frozen build): the version must do
