@@ -64,7 +64,7 @@ def kernels_digest() -> str:
     for name in ("fast.py", "fast_cells.py", "cells.py", "model.py"):  # the kernels, their model
         try:
             digest.update((Path(__file__).with_name(name)).read_bytes())
-        except OSError:  # no source beside us (a frozen build): the version must do
+        except OSError:  # no source beside us (a frozen build): the rest of the key must do
             digest.update(name.encode())
     return digest.hexdigest()[:16]
 
