@@ -78,12 +78,12 @@ class RNNModelConcise(nn.Module):
         return (torch.zeros((1, batch_size, self.rnn.hidden_size), device=device),)
 
 
-
 def auto_choice(forward, what: str) -> str:
     """Which kernel `auto` ran, and where that choice came from (rnn_core/choices.py)."""
     return (f"\nfast (auto) ran the {forward.backend} {what}: timed against the others the first "
             f"time this shape ran on this machine, then taken from {choices.path()} (train.py "
             "does the same; delete the file to time again)")
+
 
 def contenders(vocab_size: int) -> dict:
     """name -> (net, updater, forward); the scratch nets start from the same weights."""

@@ -564,9 +564,9 @@ def choose_backend(shape: tuple, threads: int) -> str:
     if len(names) == 1:
         return names[0]
 
+    model = functools.partial(book_model, V, H, B, T, dtype, device, arch=arch, num_layers=layers)
+
     def measure() -> str:
-        def model():
-            return book_model(V, H, B, T, dtype, device, arch=arch, num_layers=layers)
         _, X, y, state = model()
         forwards = {b: FastCells(model()[0], b) for b in names}  # each its own copy of the model
         return pick_fastest(time_steps(forwards, X, y, state), "hand")
