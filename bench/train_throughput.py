@@ -17,10 +17,14 @@ characters, full BPTT, the book's clipping (theta = 1) and SGD (lr 1), all throu
            with batch rows split across Python threads; `onednn`: the fused one)
 and the machine's floor: the unavoidable sequential work of one minibatch, 2 x 35 products
 (32 x 512)·(512 x 512) plus tanh, timed alone (the fastest of torch.mm, a batched product
-over row blocks, oneDNN with tanh fused, and oneDNN with the weight prepacked); and the
+over row blocks, oneDNN with tanh fused, oneDNN with the weight prepacked, and each core
+running its share of the rows on its own, as the `rows` kernel does); and the
 ceiling: the one-core time of every unavoidable product (those 70 and dW_hh) shared perfectly
 by the cores, which no kernel of the book's float32 arithmetic can beat, so its "x seed" is
-the most any kernel can gain over the seed on the machine at hand.
+the most any kernel can gain over the seed on the machine at hand; and the bound: the fastest
+floor plus dW_hh on the threads as they really run (torch.mm or oneDNN's weight-gradient op,
+the faster), the products of a minibatch with nothing else, in the best arrangement measured
+here, so its "x seed" is what a kernel would reach with every other part of a step free.
 
 Rounds are interleaved (one epoch of every contender per round, the same minibatches for all,
 the order rotated each round), the first rounds are warm-up, and ratios are taken within each
@@ -51,8 +55,10 @@ from bench.common import book_text, isa_info, machine_info, summary
 
 from rnn_core import choices
 from rnn_core.data import DataError, load_corpus, read_text, SeqDataLoader
-from rnn_core.fast import (FastRNN, candidates, onednn_available, onednn_prepack_available,
-                           row_blocks)
+from rnn_core.fast import (FastRNN, _each_group, _one_core_per_group, _split,
+                           _weight_grad_onednn, candidates, onednn_available,
+                           onednn_prepack_available, onednn_weight_grad_available, row_blocks,
+                           row_threads)
 from rnn_core.fast_cells import FastCells, candidates as cell_backends
 from rnn_core.model import RNNModelScratch
 from rnn_core.training import make_updater, train_epoch_ch8
@@ -119,8 +125,29 @@ def floor_seconds(reps: int = 5) -> dict[str, float]:
     if onednn_prepack_available():
         packed = torch.ops.mkldnn._reorder_linear_weight(W_t, BATCH)
         methods["oneDNN, prepacked"] = lambda: op(h, packed, None, "tanh", [], "")
-    return {name: best_of(lambda: [fn() for _ in range(2 * STEPS)], reps)
-            for name, fn in methods.items()}
+    passes = {name: (lambda fn=fn: [fn() for _ in range(2 * STEPS)])
+              for name, fn in methods.items()}
+    groups = row_threads(BATCH, h.device)
+    if groups > 1:   # the `rows` kernel's arrangement: each core its rows' whole chain
+        parts = [h[r] for r in _split(BATCH, groups)]
+
+        def rows_apart() -> None:
+            with _one_core_per_group(groups):
+                _each_group(lambda g: [torch.tanh(torch.mm(parts[g], W))
+                                       for _ in range(2 * STEPS)], groups)
+        passes["rows apart, a core each"] = rows_apart
+    return {name: best_of(fn, reps) for name, fn in passes.items()}
+
+
+def weight_grad_seconds(reps: int = 5) -> float:
+    """Seconds of dW_hh = H^T dA over a minibatch, (H x T·B)·(T·B x H), on torch's threads:
+    the faster of torch.mm and oneDNN's weight-gradient op (what the fused kernel runs)."""
+    Hs, dA = torch.randn(STEPS * BATCH, HIDDEN), torch.randn(STEPS * BATCH, HIDDEN)
+    seconds = best_of(lambda: torch.mm(Hs.t(), dA), reps)
+    if onednn_weight_grad_available():
+        shape = torch.empty(HIDDEN, HIDDEN).to_mkldnn()
+        seconds = min(seconds, best_of(lambda: _weight_grad_onednn(Hs, dA, shape), reps))
+    return seconds
 
 
 def ceiling_seconds(reps: int = 5) -> float:
@@ -188,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ppl = {}
     floors: dict[str, list[float]] = {}
     ceilings: list[float] = []  # tokens/sec of the unavoidable products alone, per round
+    bounds: list[float] = []    # tokens/sec of the fastest floor + dW_hh, per round
     names = list(nets)
     for r in range(args.warmup + args.rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
@@ -198,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
             if r >= args.warmup:
                 speeds[name].append(speed)
         if r >= args.warmup:
-            for name, sec in floor_seconds().items():
+            floor_now = floor_seconds()
+            for name, sec in floor_now.items():
                 floors.setdefault(name, []).append(BATCH * STEPS / sec)
             ceilings.append(BATCH * STEPS / ceiling_seconds())
+            bounds.append(BATCH * STEPS / (min(floor_now.values()) + weight_grad_seconds()))
 
     seed, concise = speeds["seed (scratch, book)"], speeds["nn.RNN + nn.Linear"]
     floor = max(floors.values(), key=statistics.median)
@@ -214,11 +244,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{of_floor:>8.0%} {ppl[name]:>7.2f}")
     for name, values in floors.items():
         print(f"{'floor: ' + name:<26} {summary(values):<36}")
-    vs_seed = statistics.median(c / s for c, s in zip(ceilings, seed))
-    print(f"{'ceiling':<26} {summary(ceilings):<36} {vs_seed:>7.2f}x")
+    for name, values in (("ceiling", ceilings), ("bound: floor + dW_hh", bounds)):
+        vs_seed = statistics.median(v / s for v, s in zip(values, seed))
+        print(f"{name:<26} {summary(values):<36} {vs_seed:>7.2f}x")
     print("(ceiling: the one-core time of the book's unavoidable products, 2 x 35 per step and "
           "dW_hh,\n shared perfectly by the threads: no float32 kernel of the book's arithmetic "
-          "can beat it here;\n x seed is the most any can gain over the seed on this machine)")
+          "can beat it here;\n x seed is the most any can gain over the seed on this machine. "
+          "bound: the fastest floor and dW_hh\n as the threads really run them, nothing else "
+          "of a step: what a kernel reaches if all else were free)")
     print(auto_choice(nets['fast (auto)'][2], "kernel"))
     print(f"(ppl: training perplexity of the last epoch, {args.warmup + args.rounds} epochs "
           "from the same start; the scratch contenders see the same weights and minibatches)")

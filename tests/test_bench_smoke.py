@@ -35,6 +35,9 @@ def test_train_throughput_prints_every_contender_and_the_floor(data_path):
         assert re.fullmatch(r"\d+%", fields[-2]), fields                          # of floor
     assert row(out, "seed (scratch, book)")[-4] == "1.00x"
     assert re.fullmatch(NUM, row(out, "floor: torch.mm + tanh")[0])
+    for label in ("ceiling", "bound: floor + dW_hh"):   # tok/s and x seed
+        fields = row(out, label)
+        assert re.fullmatch(NUM, fields[0]) and re.fullmatch(NUM + "x", fields[-1]), fields
     assert re.search(r"^fast \(auto\) ran the (plain|batched|rows|onednn) kernel: timed", out, re.M), out
     assert re.search(r"^cpu has .* \| limits in force: .* \| torch kernels \w+", out, re.M), out
 
